@@ -1,0 +1,74 @@
+"""``varseg`` command line: look at tracked runs and open the MLflow UI.
+
+Bundles themselves run through ``python -m monai.bundle run --config_file bundles/<name>/configs/<workflow>.json``.
+
+    varseg runs [--experiment varseg-lits] [--last 5]   # where the runs are, their metrics, the UI command
+    varseg ui [--port 5000]                             # serve the MLflow UI on 127.0.0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from pipeline import tracking
+
+_SHOWN_METRICS = ("val_dice", "val_jaccard", "test_dice", "test_dice_std", "test_jaccard", "train_loss")
+
+
+def _runs(args: argparse.Namespace) -> int:
+    import mlflow
+
+    uri = tracking.tracking_uri()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiments = client.search_experiments()
+    if args.experiment:
+        experiments = [e for e in experiments if e.name == args.experiment]
+        if not experiments:
+            print(f"no experiment named {args.experiment!r} in {uri}", file=sys.stderr)
+            return 1
+    print(f"MLflow store: {uri}")
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        print(f"artifacts:    {tracking.artifact_location()}")
+    for exp in experiments:
+        runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=args.last)
+        print(f"\nexperiment '{exp.name}' (id {exp.experiment_id}), newest {len(runs)} run(s):")
+        for run in runs:
+            metrics = run.data.metrics
+            shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in _SHOWN_METRICS if k in metrics)
+            print(f"  {run.info.run_name}  [{run.info.status}]  id={run.info.run_id}  {shown}")
+            if "val_dice" in metrics:
+                history = client.get_metric_history(run.info.run_id, "val_dice")
+                print(f"    val_dice per epoch ({len(history)} values): "
+                      + " ".join(f"{m.value:.3f}" for m in sorted(history, key=lambda m: m.step)))
+    print(f"\nopen the UI:  {tracking.ui_command()}")
+    print("then browse http://127.0.0.1:5000 (pick runs and press 'Compare' to see val_dice side by side)")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    uri = tracking.tracking_uri()
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port",
+           str(args.port)]
+    print(" ".join(cmd))
+    return subprocess.call(cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="varseg", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_runs = sub.add_parser("runs", help="list tracked runs and print the command that opens the MLflow UI")
+    p_runs.add_argument("--experiment", default=None, help="experiment name, e.g. varseg-lits (default: all)")
+    p_runs.add_argument("--last", type=int, default=5, help="newest runs per experiment to show")
+    p_runs.set_defaults(func=_runs)
+    p_ui = sub.add_parser("ui", help="serve the MLflow UI for mlruns/ on 127.0.0.1")
+    p_ui.add_argument("--port", type=int, default=5000)
+    p_ui.set_defaults(func=_ui)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
