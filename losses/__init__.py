@@ -1,0 +1,1 @@
+from .mumford_shah import MumfordShahLoss, SemiSupervisedMumfordShahLoss
