@@ -1,0 +1,12 @@
+from .intensity import LITS_WINDOW, HUWindow, HUWindowd, HUWindowD, HUWindowDict, check_hounsfield
+from .slices import (
+    StackAdjacentSlices,
+    StackAdjacentSlicesd,
+    StackAdjacentSlicesD,
+    StackAdjacentSlicesDict,
+    UnstackSlices,
+    UnstackSlicesd,
+    UnstackSlicesD,
+    UnstackSlicesDict,
+    adjacent_slice_indices,
+)
