@@ -1,0 +1,3 @@
+from __future__ import annotations
+
+from .polyphase_unet import PolyphasePool, PolyphaseUNet, PolyphaseUnpool, polyphase_pool, polyphase_unpool
