@@ -84,11 +84,12 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             engine.state.output[Keys.LOSS].backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
         loss_fn: Callable = engine.loss_function
         for name in self.component_names:
             value = getattr(loss_fn, f"last_{name}", None)
             if value is not None:
                 engine.state.output[name] = float(value)
         engine.state.output["num_labelled"] = int(labelled.sum())
+        # MONAI decollates the output on MODEL_COMPLETED, so everything is recorded before it fires
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
