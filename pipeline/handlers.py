@@ -157,7 +157,9 @@ class TrainingCheckpoint:
             else:
                 logger.info("resuming from %s", path)
                 CheckpointLoader(load_path=str(path), load_dict=save_dict, map_location="cpu").attach(engine)
+        # ignite names a multi-object checkpoint "<prefix>_checkpoint_epoch=N.pt"; an empty prefix gives the
+        # "checkpoint_epoch=N.pt" that latest() looks for
         CheckpointSaver(
-            save_dir=str(self.save_dir), save_dict=save_dict, file_prefix="checkpoint", save_interval=self.interval,
+            save_dir=str(self.save_dir), save_dict=save_dict, file_prefix="", save_interval=self.interval,
             n_saved=1, epoch_level=True,
         ).attach(engine)

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS_DIRNAME = "artifacts"
 _MAX_PARAM_LEN = 6000  # MLflow's limit on a param value is 6000 characters (recent releases)
+_ISSUED_RUN_NAMES: set[str] = set()  # run names made by this process (make_run_name never repeats one)
 
 
 def default_store_dir() -> Path:
@@ -93,7 +94,15 @@ def make_run_name(bundle: str, *parts: Any) -> str:
             continue
         words.append(f"{p:.3g}" if isinstance(p, float) else str(p))
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return "-".join(words + [stamp, secrets.token_hex(2)])
+    # 4 random hex digits collide often within one second (birthday bound): never hand out a name twice per process
+    for _ in range(1000):
+        name = "-".join(words + [stamp, secrets.token_hex(2)])
+        if name not in _ISSUED_RUN_NAMES:
+            break
+    else:
+        name = "-".join(words + [stamp, secrets.token_hex(8)])
+    _ISSUED_RUN_NAMES.add(name)
+    return name
 
 
 def git_commit(root: str | Path = REPO_ROOT) -> str:
@@ -211,6 +220,7 @@ class MLflowTracker:
         self.experiment_name = experiment_name
         self.bundle = bundle
         self.run_name = run_name or make_run_name(bundle)
+        self._auto_name = run_name is None
         self.params = dict(params or {})
         self.tags = {k: str(v) for k, v in (tags or {}).items()}
         self.store_dir = store_dir
@@ -250,9 +260,16 @@ class MLflowTracker:
         return self.client
 
     def start_run(self) -> str:
-        """Create the experiment if needed and open a new run; returns the run id (idempotent)."""
-        if self.run_id is not None:
+        """Create the experiment if needed and open a new run; returns the run id (idempotent while it is open).
+
+        Once the run has ended, the next start (e.g. the same trainer run again) opens a new run, never appends.
+        """
+        if self.run_id is not None and not self._closed:
             return self.run_id
+        if self._closed:
+            self.run_id, self._closed = None, False
+            if self._auto_name:
+                self.run_name = make_run_name(self.bundle)
         client = self._client()
         exp = client.get_experiment_by_name(self.experiment_name)
         if exp is None:

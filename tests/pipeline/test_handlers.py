@@ -1,0 +1,305 @@
+"""Tests of the bundle handlers: PerCaseMetrics (per-case std + CSV) and TrainingCheckpoint (save / resume)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from monai.data import DataLoader, MetaTensor
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import MeanDice
+
+from pipeline.handlers import PerCaseMetrics, TrainingCheckpoint
+
+
+# ----------------------------------------------------------------------------------------------- PerCaseMetrics
+def _engine_with_details(details: dict, metrics: dict | None = None) -> Engine:
+    """A do-nothing ignite Engine whose epoch end sets ``state.metric_details`` (and metrics) like MONAI's handlers."""
+    engine = Engine(lambda e, batch: None)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _set_details(e: Engine) -> None:
+        e.state.metric_details = details
+        e.state.metrics.update(metrics or {})
+
+    return engine
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+PER_CLASS = torch.tensor([[0.8, 0.6], [math.nan, math.nan], [0.5, math.nan], [1.0, 0.9]], dtype=torch.float64)
+PER_CASE = [0.7, math.nan, 0.5, 0.95]  # nanmean over classes
+
+
+def test_std_is_population_std_over_non_nan_cases(tmp_path: Path) -> None:
+    engine = _engine_with_details({"dice": PER_CLASS}, {"dice": float(np.nanmean(PER_CASE))})
+    handler = PerCaseMetrics(["dice"], save_dir=tmp_path)
+    handler.attach(engine)
+    batches = [[{"case": "a"}, {"case": "b"}], [{"case": "c"}, {"case": "d"}]]
+    engine.run(batches, max_epochs=1)
+    finite = [v for v in PER_CASE if not math.isnan(v)]
+    assert engine.state.metrics["dice_std"] == pytest.approx(np.std(finite))  # ddof=0
+    assert engine.state.metrics["dice_std"] != pytest.approx(np.std(finite, ddof=1))
+    assert [r["case"] for r in handler.last_rows] == ["a", "b", "c", "d"]
+    got = [r["dice"] for r in handler.last_rows]
+    assert math.isnan(got[1])
+    np.testing.assert_allclose([got[i] for i in (0, 2, 3)], [0.7, 0.5, 0.95])
+
+
+def test_csv_rows_and_footer(tmp_path: Path) -> None:
+    mean = float(np.nanmean(PER_CASE))
+    details = {"dice": PER_CLASS, "iou": torch.tensor([0.5, 0.25, math.nan, 1.0])}
+    engine = _engine_with_details(details, {"dice": mean, "iou": 0.5833333})
+    handler = PerCaseMetrics(["dice", "iou"], save_dir=tmp_path / "reports", filename="cases.csv")
+    handler.attach(engine)
+    engine.run([[{"case": "a"}, {"case": "b"}, {"case": "c"}], [{"case": "d"}]], max_epochs=1)
+
+    path = tmp_path / "reports" / "cases.csv"
+    assert handler.csv_path == path and path.is_file()
+    assert not list((tmp_path / "reports").glob("*.tmp"))
+    rows = _read_csv(path)
+    assert list(rows[0].keys()) == ["case", "dice", "iou"]
+    assert [r["case"] for r in rows] == ["a", "b", "c", "d", "mean", "std"]
+    assert rows[0]["dice"] == "0.700000" and rows[0]["iou"] == "0.500000"
+    assert rows[1]["dice"] == "nan" and rows[2]["iou"] == "nan"
+    assert float(rows[4]["dice"]) == pytest.approx(mean, abs=1e-6)
+    assert float(rows[4]["iou"]) == pytest.approx(0.5833333, abs=1e-6)
+    assert float(rows[5]["dice"]) == pytest.approx(np.std([0.7, 0.5, 0.95]), abs=1e-6)
+    assert float(rows[5]["iou"]) == pytest.approx(np.std([0.5, 0.25, 1.0]), abs=1e-6)
+
+
+def test_csv_mean_empty_when_metric_mean_missing(tmp_path: Path) -> None:
+    engine = _engine_with_details({"dice": torch.tensor([0.2, 0.4])})
+    PerCaseMetrics(["dice"], save_dir=tmp_path).attach(engine)
+    engine.run([[{"case": "a"}, {"case": "b"}]], max_epochs=1)
+    rows = _read_csv(tmp_path / "per_case_metrics.csv")
+    assert rows[-2] == {"case": "mean", "dice": ""}
+    assert float(rows[-1]["dice"]) == pytest.approx(0.1)
+
+
+def test_case_names_from_metatensor_meta() -> None:
+    def item(name: str | None) -> dict:
+        meta = {"filename_or_obj": name} if name is not None else {}
+        return {"image": MetaTensor(torch.zeros(1, 2, 2, 2), meta=meta)}
+
+    engine = _engine_with_details({"dice": torch.arange(6, dtype=torch.float64) / 10})
+    handler = PerCaseMetrics(["dice"])
+    handler.attach(engine)
+    batches = [
+        [item("/data/ct/volume-12.nii.gz"), item("relative/liver_3.nii")],
+        [item("/x/y/scan.mha"), item("/x/noext"), item(None)],
+        {"image": MetaTensor(torch.zeros(1, 2, 2, 2), meta={"filename_or_obj": "/single/dict.nii.gz"})},
+    ]
+    engine.run(batches, max_epochs=1)
+    assert [r["case"] for r in handler.last_rows] == ["volume-12", "liver_3", "scan", "noext", "case_4", "dict"]
+    assert handler.csv_path is None
+
+
+def test_case_key_wins_over_meta_and_fallback_names() -> None:
+    engine = _engine_with_details({"dice": torch.tensor([0.1, 0.2, 0.3, 0.4])})
+    handler = PerCaseMetrics(["dice"])
+    handler.attach(engine)
+    meta_image = MetaTensor(torch.zeros(1, 2, 2), meta={"filename_or_obj": "/a/b.nii.gz"})
+    engine.run([[{"case": "explicit", "image": meta_image}, {"image": torch.zeros(1, 2, 2)}, "not-a-dict"]],
+               max_epochs=1)
+    # 4 values but 3 collected names: the last one gets a generated name
+    assert [r["case"] for r in handler.last_rows] == ["explicit", "case_1", "case_2", "case_3"]
+
+
+def test_cases_reset_each_epoch(tmp_path: Path) -> None:
+    engine = _engine_with_details({"dice": torch.tensor([0.5, 0.7])})
+    handler = PerCaseMetrics(["dice"], save_dir=tmp_path)
+    handler.attach(engine)
+    engine.run([[{"case": "a"}], [{"case": "b"}]], max_epochs=3)
+    assert [r["case"] for r in handler.last_rows] == ["a", "b"]
+    assert [r["case"] for r in _read_csv(tmp_path / "per_case_metrics.csv")] == ["a", "b", "mean", "std"]
+
+
+def test_missing_details_are_skipped(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    engine = _engine_with_details({"dice": torch.tensor([0.5])})
+    handler = PerCaseMetrics(["dice", "hausdorff"], save_dir=tmp_path)
+    handler.attach(engine)
+    with caplog.at_level(logging.WARNING, logger="pipeline.handlers"):
+        engine.run([[{"case": "a"}]], max_epochs=1)
+    assert "hausdorff" in caplog.text
+    assert "hausdorff_std" not in engine.state.metrics
+    assert engine.state.metrics["dice_std"] == 0.0
+    assert list(_read_csv(tmp_path / "per_case_metrics.csv")[0].keys()) == ["case", "dice"]
+
+
+def test_all_nan_gives_nan_std_and_no_details_no_csv(tmp_path: Path) -> None:
+    engine = _engine_with_details({"dice": torch.tensor([math.nan, math.nan])})
+    PerCaseMetrics(["dice"]).attach(engine)
+    engine.run([[{"case": "a"}, {"case": "b"}]], max_epochs=1)
+    assert math.isnan(engine.state.metrics["dice_std"])
+
+    plain = Engine(lambda e, b: None)  # no metric_details at all
+    handler = PerCaseMetrics(["dice"], save_dir=tmp_path / "none")
+    handler.attach(plain)
+    plain.run([[{"case": "a"}]], max_epochs=1)
+    assert handler.last_rows == [] and not (tmp_path / "none").exists()
+
+
+def test_with_monai_evaluator_and_mean_dice(tmp_path: Path) -> None:
+    """End to end with MONAI's MeanDice (save_details) on a SupervisedEvaluator: names from the 'case' key."""
+    label = torch.zeros(1, 4, 4)
+    label[0, :2] = 1
+    preds = {"full": label.clone(), "half": label.clone(), "empty": torch.zeros(1, 4, 4)}
+    preds["half"][0, 0] = 0
+    data = [{"case": name, "image": pred, "label": label.clone()} for name, pred in preds.items()]
+    handler = PerCaseMetrics(["val_dice"], save_dir=tmp_path)
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=DataLoader(data, batch_size=2), network=torch.nn.Identity(),
+        key_val_metric={"val_dice": MeanDice(include_background=True, output_transform=lambda o: (
+            [x["pred"] for x in o], [x["label"] for x in o]))},
+        val_handlers=[handler],
+    )
+    evaluator.run()
+    dice = [1.0, 2 * 4 / (4 + 8), 0.0]
+    assert [r["case"] for r in handler.last_rows] == ["full", "half", "empty"]
+    np.testing.assert_allclose([r["val_dice"] for r in handler.last_rows], dice, atol=1e-5)
+    assert evaluator.state.metrics["val_dice_std"] == pytest.approx(np.std(dice), abs=1e-5)
+    rows = _read_csv(tmp_path / "per_case_metrics.csv")
+    assert float(rows[-2]["val_dice"]) == pytest.approx(np.mean(dice), abs=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- TrainingCheckpoint
+NUM_SAMPLES, BATCH = 4, 2
+ITERS_PER_EPOCH = NUM_SAMPLES // BATCH
+
+
+def _data() -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    return [{"image": torch.randn(1, 4, 4, generator=g), "label": torch.randn(1, 4, 4, generator=g)}
+            for _ in range(NUM_SAMPLES)]
+
+
+def _trainer(save_dir: Path, max_epochs: int, resume: bool = False, seed: int = 0, scheduler: bool = False):
+    torch.manual_seed(seed)
+    net = torch.nn.Conv2d(1, 1, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5) if scheduler else None
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=max_epochs, train_data_loader=DataLoader(_data(), batch_size=BATCH),
+        network=net, optimizer=opt, loss_function=torch.nn.MSELoss(),
+    )
+    if sched is not None:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: sched.step())
+    checkpoint = TrainingCheckpoint(save_dir, net, opt, lr_scheduler=sched, resume=resume)
+    checkpoint.attach(trainer)
+    return trainer, net, opt, sched, checkpoint
+
+
+def test_checkpoint_written_with_all_entries(tmp_path: Path) -> None:
+    trainer, net, opt, _, checkpoint = _trainer(tmp_path, max_epochs=3)
+    trainer.run()
+    path = tmp_path / "checkpoint_epoch=3.pt"
+    assert path.is_file()
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["checkpoint_epoch=3.pt"]  # n_saved=1
+    assert checkpoint.latest() == path
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert set(state) == {"model", "optimizer", "trainer"}
+    # ignite's Engine.state_dict keeps the iteration (the epoch follows from epoch_length)
+    assert state["trainer"]["iteration"] == 3 * ITERS_PER_EPOCH
+    assert state["trainer"]["epoch_length"] == ITERS_PER_EPOCH and state["trainer"]["max_epochs"] == 3
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(state["model"][k], v, rtol=0, atol=0)
+    assert state["optimizer"]["state"]  # momentum buffers present
+
+
+def test_checkpoint_includes_lr_scheduler(tmp_path: Path) -> None:
+    trainer, *_ = _trainer(tmp_path, max_epochs=2, scheduler=True)
+    trainer.run()
+    state = torch.load(tmp_path / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    assert set(state) == {"model", "optimizer", "trainer", "lr_scheduler"}
+    assert state["lr_scheduler"]["last_epoch"] == 2
+
+
+def test_checkpoint_interval(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="interval"):
+        TrainingCheckpoint(tmp_path, torch.nn.Linear(1, 1), None, interval=0)
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 1, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=3, network=net, optimizer=opt,
+                                train_data_loader=DataLoader(_data(), batch_size=BATCH),
+                                loss_function=torch.nn.MSELoss())
+    seen = []
+    TrainingCheckpoint(tmp_path, net, opt, interval=2).attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(sorted(p.name for p in tmp_path.glob("*"))))
+    trainer.run()
+    assert seen == [[], ["checkpoint_epoch=2.pt"], ["checkpoint_epoch=2.pt"]]
+
+
+def test_latest_picks_highest_epoch(tmp_path: Path) -> None:
+    checkpoint = TrainingCheckpoint(tmp_path / "missing", torch.nn.Linear(1, 1), None)
+    assert checkpoint.latest() is None
+    checkpoint = TrainingCheckpoint(tmp_path, torch.nn.Linear(1, 1), None)
+    assert checkpoint.latest() is None
+    for name in ("checkpoint_epoch=2.pt", "checkpoint_epoch=10.pt", "checkpoint_epoch=9.pt",
+                 "checkpoint_epoch=best.pt", "checkpoint_final_iteration=99.pt", "model.pt"):
+        (tmp_path / name).write_bytes(b"")
+    assert checkpoint.latest() == tmp_path / "checkpoint_epoch=10.pt"  # numeric, not lexicographic
+
+
+def test_resume_continues_from_saved_epoch(tmp_path: Path) -> None:
+    first, first_net, *_ = _trainer(tmp_path, max_epochs=3, seed=0)
+    first.run()
+    saved = torch.load(tmp_path / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=True)
+
+    second, net, opt, _, _ = _trainer(tmp_path, max_epochs=5, resume=True, seed=123)
+    assert not torch.equal(net.weight, first_net.weight)  # a fresh, differently initialised model
+    record: dict[str, list] = {"start_epoch": [], "start_iteration": [], "weights": [], "epochs": [], "iters": []}
+
+    @second.on(Events.STARTED)  # registered after the checkpoint loader: sees the restored state
+    def _after_load(engine: Engine) -> None:
+        record["start_epoch"].append(engine.state.epoch)
+        record["start_iteration"].append(engine.state.iteration)
+        record["weights"].append({k: v.clone() for k, v in net.state_dict().items()})
+
+    second.add_event_handler(Events.EPOCH_STARTED, lambda e: record["epochs"].append(e.state.epoch))
+    second.add_event_handler(Events.ITERATION_COMPLETED, lambda e: record["iters"].append(e.state.iteration))
+    second.run()
+
+    assert record["start_epoch"] == [3] and record["start_iteration"] == [3 * ITERS_PER_EPOCH]
+    for k, v in record["weights"][0].items():
+        torch.testing.assert_close(v, saved["model"][k], rtol=0, atol=0)
+    assert opt.state_dict()["state"]  # optimizer state restored and used
+    assert record["epochs"] == [4, 5]
+    assert len(record["iters"]) == 2 * ITERS_PER_EPOCH
+    assert record["iters"] == list(range(3 * ITERS_PER_EPOCH + 1, 5 * ITERS_PER_EPOCH + 1))
+    assert second.state.epoch == 5
+    assert (tmp_path / "checkpoint_epoch=5.pt").is_file()
+    assert TrainingCheckpoint(tmp_path, net, opt).latest() == tmp_path / "checkpoint_epoch=5.pt"
+
+
+def test_resume_matches_uninterrupted_training(tmp_path: Path) -> None:
+    """3 epochs + resume to 5 gives the same weights as 5 epochs in one go (model, momentum and epoch restored)."""
+    straight, straight_net, *_ = _trainer(tmp_path / "straight", max_epochs=5)
+    straight.run()
+    first, *_ = _trainer(tmp_path / "resumed", max_epochs=3)
+    first.run()
+    second, resumed_net, *_ = _trainer(tmp_path / "resumed", max_epochs=5, resume=True, seed=7)
+    second.run()
+    for k, v in straight_net.state_dict().items():
+        torch.testing.assert_close(resumed_net.state_dict()[k], v)
+
+
+def test_resume_without_checkpoint_starts_from_scratch(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    trainer, *_ = _trainer(tmp_path, max_epochs=2, resume=True)
+    epochs = []
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs.append(e.state.epoch))
+    with caplog.at_level(logging.WARNING, logger="pipeline.handlers"):
+        trainer.run()
+    assert "no checkpoint" in caplog.text
+    assert epochs == [1, 2]
+    assert (tmp_path / "checkpoint_epoch=2.pt").is_file()
