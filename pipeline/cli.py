@@ -4,6 +4,7 @@ Bundles themselves run through ``python -m monai.bundle run --config_file bundle
 
     varseg runs [--experiment varseg-lits] [--last 5]   # where the runs are, their metrics, the UI command
     varseg ui [--port 5000]                             # serve the MLflow UI on 127.0.0.1
+    varseg make-data lits OUT_DIR [--num-cases 16] ...  # write synthetic phantoms in a dataset's real layout
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ def _ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+def _make_data(args: argparse.Namespace) -> int:
+    from pipeline.data import lits
+
+    generators = {"lits": lits.main}
+    return int(generators[args.dataset](args.rest))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="varseg", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     p_ui = sub.add_parser("ui", help="serve the MLflow UI for mlruns/ on 127.0.0.1")
     p_ui.add_argument("--port", type=int, default=5000)
     p_ui.set_defaults(func=_ui)
+    p_data = sub.add_parser("make-data", help="write synthetic phantoms in a dataset's on-disk layout",
+                            add_help=False)
+    p_data.add_argument("dataset", choices=["lits"], help="which dataset layout")
+    p_data.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the generator (try --help)")
+    p_data.set_defaults(func=_make_data)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -1118,7 +1118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status.
     """
-    parser = argparse.ArgumentParser(prog="python -m pipeline.data.lits",
+    parser = argparse.ArgumentParser(prog="varseg make-data lits",
                                      description="Write synthetic LiTS-layout CT phantoms.")
     parser.add_argument("out_dir", help="output folder")
     parser.add_argument("--num-cases", type=int, default=16, help="number of cases (default 16)")

@@ -1,0 +1,151 @@
+"""End-to-end: the LiTS bundle's train, evaluate and inference configs run as a user runs them.
+
+A tiny synthetic dataset (64×64×8 phantoms) and a narrow network keep this to well under two minutes on 2 CPU cores.
+The runs are tracked in a temporary MLflow store, so the repository's ``mlruns/`` is untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pipeline.data import generate_lits_phantoms
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "bundles" / "lits" / "configs"
+TRAIN = str(CONFIGS / "train.json")
+EVALUATE = str(CONFIGS / "evaluate.json")
+INFERENCE = str(CONFIGS / "inference.json")
+
+
+def _bundle(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lits_bundle")
+    data = root / "data"
+    generate_lits_phantoms(data, num_cases=6, shape=(64, 64, 8), seed=3, progress=False)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["VARSEG_MLRUNS"] = str(root / "mlruns")
+    env["PYTHONWARNINGS"] = "ignore"
+    common = [
+        "--synthetic_dir", str(data), "--synthetic_cases", "6", "--synthetic_shape", "[64,64,8]",
+        "--ckpt_dir", str(root / "models"), "--output_dir", str(root / "eval"),
+        "--features", "4", "--batch_size", "4", "--num_threads", "2",
+    ]
+    return {"root": root, "data": data, "env": env, "common": common}
+
+
+@pytest.fixture(scope="module")
+def trained(workspace):
+    _bundle(["--config_file", TRAIN, *workspace["common"], "--max_epochs", "2"], workspace["env"])
+    return workspace
+
+
+def _client(ws) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{ws['root'] / 'mlruns' / 'mlflow.db'}")
+
+
+def _runs(ws, workflow: str):
+    client = _client(ws)
+    exp = client.get_experiment_by_name("varseg-lits")
+    assert exp is not None, "experiment varseg-lits was not created"
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.workflow = '{workflow}'")
+    return client, runs
+
+
+def test_train_logs_one_finished_run_with_per_epoch_val_dice(trained):
+    client, runs = _runs(trained, "train")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name.startswith("lits-train-ms-semi-lab1of3-")
+    history = client.get_metric_history(run.info.run_id, "val_dice")
+    assert sorted(m.step for m in history) == [1, 2]
+    assert all(0.0 <= m.value <= 1.0 for m in history)
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+    assert "val_jaccard" in run.data.metrics and "val_dice_std" in run.data.metrics
+    params = run.data.params
+    for key in ("learning_rate", "beta", "tv_weight", "labelled_fraction", "features", "seed", "max_epochs",
+                "num_labelled_cases", "version.monai", "version.torch", "git_commit"):
+        assert key in params, key
+    assert params["labelled_fraction"] == "1/3" and params["features"] == "4"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "config" in artifacts
+    config_file = Path(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="config/merged_config.json",
+        tracking_uri=f"sqlite:///{trained['root'] / 'mlruns' / 'mlflow.db'}",
+        dst_path=str(trained["root"] / "dl")))
+    merged = json.loads(config_file.read_text())
+    assert merged["features"] == 4 and merged["max_epochs"] == 2  # the command-line overrides are in it
+    artifact_root = trained["root"] / "mlruns" / "artifacts"
+    assert artifact_root.is_dir() and any(artifact_root.rglob("merged_config.json"))
+
+
+def test_train_writes_checkpoints(trained):
+    models = trained["root"] / "models"
+    assert (models / "model.pt").is_file()  # best validation Dice
+    assert (models / "checkpoint_epoch=2.pt").is_file()  # resumable state
+
+
+def test_evaluate_logs_test_metrics(trained):
+    _bundle(["--config_file", f"['{TRAIN}','{EVALUATE}']", *trained["common"]], trained["env"])
+    client, runs = _runs(trained, "evaluate")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    metrics = runs[0].data.metrics
+    assert 0.0 <= metrics["test_dice"] <= 1.0 and "test_jaccard" in metrics and "test_dice_std" in metrics
+    csv_path = trained["root"] / "eval" / "per_case_test_metrics.csv"
+    lines = csv_path.read_text().strip().splitlines()
+    assert lines[0].startswith("case,test_dice,test_jaccard")
+    assert lines[-2].startswith("mean,") and lines[-1].startswith("std,")
+
+
+def test_inference_mask_has_input_shape_and_affine(trained, tmp_path):
+    image = trained["data"] / "volume-0.nii.gz"
+    out = tmp_path / "masks"
+    args = ["--config_file", INFERENCE, "--input", str(image), "--output", str(out),
+            "--ckpt_path", str(trained["root"] / "models" / "model.pt"), "--features", "4", "--num_threads", "2"]
+    _bundle(args, trained["env"])
+    mask_file = out / "volume-0_lesion.nii.gz"
+    assert mask_file.is_file()
+    src, mask = nib.load(str(image)), nib.load(str(mask_file))
+    assert mask.shape == src.shape
+    np.testing.assert_allclose(mask.affine, src.affine, atol=1e-4)
+    values = np.unique(np.asarray(mask.dataobj))
+    assert set(values.tolist()) <= {0, 1}
+    # a second run refuses to overwrite the mask
+    cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=trained["env"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "already exist" in proc.stdout + proc.stderr
+
+
+def test_inference_keeps_geometry_of_a_non_ras_folder_input(trained, tmp_path):
+    """Inputs in LPS (or any) orientation come back in their own geometry, not in the RAS used inside."""
+    src = nib.load(str(trained["data"] / "volume-1.nii.gz"))
+    lps = src.as_reoriented(nib.orientations.axcodes2ornt(("L", "P", "S")))
+    assert nib.aff2axcodes(lps.affine) == ("L", "P", "S")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    nib.save(lps, str(folder / "scan-lps.nii.gz"))
+    out = tmp_path / "masks"
+    _bundle(["--config_file", INFERENCE, "--input", str(folder), "--output", str(out),
+             "--ckpt_path", str(trained["root"] / "models" / "model.pt"), "--features", "4", "--num_threads", "2"],
+            trained["env"])
+    mask = nib.load(str(out / "scan-lps_lesion.nii.gz"))
+    assert mask.shape == lps.shape
+    np.testing.assert_allclose(mask.affine, lps.affine, atol=1e-4)
