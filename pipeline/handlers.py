@@ -15,7 +15,7 @@ from ignite.engine import Engine, Events
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PerCaseMetrics"]
+__all__ = ["PerCaseMetrics", "TrainingCheckpoint", "channel_output"]
 
 
 def _case_of(item: Any, fallback: str) -> str:
@@ -31,6 +31,22 @@ def _case_of(item: Any, fallback: str) -> str:
                     return name[: -len(ext)]
             return name
     return fallback
+
+
+def channel_output(channel: int, keys: Sequence[str] = ("pred", "label")) -> Any:
+    """An ``output_transform`` for MONAI metric handlers that keeps one class channel of one-hot outputs.
+
+    ``channel_output(2)`` lets ``MeanDice(include_background=True)`` score only class 2 (e.g. lesion in a
+    background/liver/lesion network), so each region gets its own metric name.
+    """
+    if channel < 0:
+        raise ValueError(f"channel must be >= 0, got {channel}")
+
+    def _transform(output: Any) -> tuple[list[Any], ...]:
+        items = output if isinstance(output, list) else [output]
+        return tuple([item[key][channel : channel + 1] for item in items] for key in keys)
+
+    return _transform
 
 
 class PerCaseMetrics:
@@ -163,3 +179,11 @@ class TrainingCheckpoint:
             save_dir=str(self.save_dir), save_dict=save_dict, file_prefix="", save_interval=self.interval,
             n_saved=1, epoch_level=True,
         ).attach(engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._remove_stale)
+
+    def _remove_stale(self, engine: Engine) -> None:
+        # checkpoints left by an earlier (resumed) run are not tracked by this run's saver: keep only the newest
+        newest = self.latest()
+        for p in self.save_dir.glob("checkpoint_epoch=*.pt"):
+            if newest is not None and p != newest:
+                p.unlink(missing_ok=True)

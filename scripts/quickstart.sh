@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
 
 echo "==> generating synthetic LiTS phantoms in data/lits_synthetic (skipped where they exist)"
-varseg make-data lits data/lits_synthetic --num-cases 16 --shape 128 128 32 --seed 0
+varseg make-data lits data/lits_synthetic --num-cases 32 --shape 128 128 32 --seed 0
 
 echo "==> training the LiTS bundle"
 python -m monai.bundle run --config_file bundles/lits/configs/train.json "$@"

@@ -38,7 +38,7 @@ def _bundle(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("lits_bundle")
     data = root / "data"
-    generate_lits_phantoms(data, num_cases=6, shape=(64, 64, 8), seed=3, progress=False)
+    generate_lits_phantoms(data, num_cases=6, shape=(64, 64, 8), seed=0, progress=False)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["VARSEG_MLRUNS"] = str(root / "mlruns")
     env["PYTHONWARNINGS"] = "ignore"
@@ -112,6 +112,11 @@ def test_evaluate_logs_test_metrics(trained):
     lines = csv_path.read_text().strip().splitlines()
     assert lines[0].startswith("case,test_dice,test_jaccard")
     assert lines[-2].startswith("mean,") and lines[-1].startswith("std,")
+    per_case = np.array([float(line.split(",")[1]) for line in lines[1:-2]])
+    assert len(per_case) == 2  # 6 cases -> 3 train / 1 val / 2 test
+    # the logged mean and std are those of this evaluation's per-case values (not of an earlier epoch)
+    assert metrics["test_dice"] == pytest.approx(per_case.mean(), abs=1e-5)
+    assert metrics["test_dice_std"] == pytest.approx(per_case.std(), abs=1e-5)
 
 
 def test_inference_mask_has_input_shape_and_affine(trained, tmp_path):
