@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,7 +81,13 @@ def ui_command(store_dir: str | Path | None = None, port: int = 5000) -> str:
             uri = f"sqlite:///{rel}" if not rel.startswith("..") else uri
         except ValueError:
             pass
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {port}"
+    exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
+    try:
+        rel = os.path.relpath(exe, os.getcwd())
+        exe = rel if not rel.startswith("..") else exe
+    except ValueError:
+        pass
+    return f"{exe} ui --backend-store-uri {uri} --host 127.0.0.1 --port {port}"
 
 
 def make_run_name(bundle: str, *parts: Any) -> str:

@@ -154,3 +154,72 @@ def test_inference_keeps_geometry_of_a_non_ras_folder_input(trained, tmp_path):
     mask = nib.load(str(out / "scan-lps_lesion.nii.gz"))
     assert mask.shape == lps.shape
     np.testing.assert_allclose(mask.affine, lps.affine, atol=1e-4)
+
+
+def test_inference_on_real_ct_keeps_its_geometry(trained, tmp_path):
+    """A real abdominal CT (TotalSegmentator test fixture, Apache-2.0) goes through inference in its own geometry."""
+    from pipeline.paths import real_data_root
+
+    real = real_data_root() / "a_liver_ct" / "totalsegmentator" / "example_ct_sm.nii.gz"
+    if not real.is_file():
+        pytest.skip(f"real sample data not found at {real} (set VARSEG_REAL_DATA to the folder of shared/data/real)")
+    out = tmp_path / "masks"
+    _bundle(["--config_file", INFERENCE, "--input", str(real), "--output", str(out),
+             "--ckpt_path", str(trained["root"] / "models" / "model.pt"), "--features", "4", "--num_threads", "2"],
+            trained["env"])
+    src, mask = nib.load(str(real)), nib.load(str(out / "example_ct_sm_lesion.nii.gz"))
+    assert mask.shape == src.shape  # 122 x 101 x 30: not a multiple of 16, padded and cropped back inside
+    np.testing.assert_allclose(mask.affine, src.affine, atol=1e-4)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_documented_mlflow_ui_command_lists_the_run(trained):
+    """The README's `mlflow ui --backend-store-uri sqlite:///.../mlflow.db --host 127.0.0.1` serves the run."""
+    import time
+    import urllib.request
+
+    port = _free_port()
+    db = trained["root"] / "mlruns" / "mlflow.db"
+    mlflow_exe = Path(sys.executable).parent / "mlflow"
+    cmd = [str(mlflow_exe), "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(cmd, cwd=trained["root"], env=trained["env"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise AssertionError(f"mlflow ui did not come up on {base}")
+                time.sleep(0.5)
+        req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=varseg-lits")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            exp_id = json.load(resp)["experiment"]["experiment_id"]
+        body = json.dumps({"experiment_ids": [exp_id], "filter": "tags.workflow = 'train'"}).encode()
+        req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            runs = json.load(resp)["runs"]
+        assert len(runs) == 1
+        run_id = runs[0]["info"]["run_id"]
+        url = f"{base}/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=val_dice"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            history = json.load(resp)["metrics"]
+        assert sorted(m["step"] for m in history) == [1, 2]
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
