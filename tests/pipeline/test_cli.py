@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,9 @@ def test_runs_on_empty_store(empty_store: Path, capsys: pytest.CaptureFixture) -
     assert f"artifacts:    {(store.resolve() / 'artifacts').as_uri()}" in out
     ui = re.search(r"open the UI:\s+(.*)", out)
     assert ui is not None
-    assert ui.group(1) == f"mlflow ui --backend-store-uri sqlite:///{db} --host 127.0.0.1 --port 5000"
+    exe, rest = ui.group(1).split(" ", 1)
+    assert Path(exe).name == "mlflow" and shutil.which(exe) is not None  # a command that runs as printed
+    assert rest == f"ui --backend-store-uri sqlite:///{db} --host 127.0.0.1 --port 5000"
     assert "http://127.0.0.1:5000" in out
     assert db.is_file()
 
@@ -147,7 +150,7 @@ def test_runs_with_env_tracking_uri(store: Path, tmp_path: Path, monkeypatch: py
     out = capsys.readouterr().out
     assert f"MLflow store: {uri}" in out and "artifacts:" not in out
     assert "val_dice per epoch (1 values): 0.600" in out
-    assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000" in out
+    assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000" in out  # the executable ends in mlflow
     assert not unused.exists()
 
 

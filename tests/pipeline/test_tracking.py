@@ -121,11 +121,13 @@ def test_blank_env_uri_is_ignored(local_store: Path, monkeypatch: pytest.MonkeyP
 
 def test_ui_command_binds_localhost(local_store: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cmd = tracking.ui_command(port=5123)
-    assert cmd.startswith("mlflow ui --backend-store-uri sqlite:///")
+    exe, cmd = cmd.split(" ", 1)
+    assert Path(exe).name == "mlflow"
+    assert cmd.startswith("ui --backend-store-uri sqlite:///")
     assert "--host 127.0.0.1" in cmd and cmd.endswith("--port 5123")
     monkeypatch.chdir(tmp_path)  # store below the working directory: a relative path
-    expected = "mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000"
-    assert tracking.ui_command() == expected
+    expected = "ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000"
+    assert tracking.ui_command().split(" ", 1)[1] == expected
 
 
 # ----------------------------------------------------------------------------------------------- names, params
