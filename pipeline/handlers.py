@@ -138,7 +138,8 @@ class TrainingCheckpoint:
         save_dir: checkpoint folder.
         model, optimizer, lr_scheduler: objects whose ``state_dict`` is saved (the scheduler is optional).
         interval: save every ``interval`` epochs.
-        resume: at start, load the newest checkpoint from ``save_dir`` if there is one.
+        resume: at start, load the newest checkpoint from ``save_dir`` if there is one. Without it, the ``*.pt``
+            files an earlier training left in ``save_dir`` are moved to ``save_dir/previous/<UTC time>/`` first.
     """
 
     def __init__(self, save_dir: str | Path, model: Any, optimizer: Any, lr_scheduler: Any = None,
@@ -166,6 +167,8 @@ class TrainingCheckpoint:
         from monai.handlers import CheckpointLoader, CheckpointSaver
 
         save_dict = {**self.objects, "trainer": engine}
+        if not self.resume:
+            self._archive_previous()
         if self.resume:
             path = self.latest()
             if path is None:
@@ -180,6 +183,21 @@ class TrainingCheckpoint:
             n_saved=1, epoch_level=True,
         ).attach(engine)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._remove_stale)
+
+    def _archive_previous(self) -> None:
+        """Move the ``*.pt`` files of an earlier training to ``previous/<UTC time>/``: a new run never mixes with
+        (or silently replaces) them."""
+        old = sorted(self.save_dir.glob("*.pt"))
+        if not old:
+            return
+        import time
+
+        target = self.save_dir / "previous" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        target.mkdir(parents=True, exist_ok=True)
+        for p in old:
+            os.replace(p, target / p.name)
+        logger.warning("a new training started in %s: the %d checkpoint file(s) of the previous training were "
+                       "moved to %s (use resume=true to continue a training instead)", self.save_dir, len(old), target)
 
     def _remove_stale(self, engine: Engine) -> None:
         # checkpoints left by an earlier (resumed) run are not tracked by this run's saver: keep only the newest

@@ -303,3 +303,23 @@ def test_resume_without_checkpoint_starts_from_scratch(tmp_path: Path, caplog: p
     assert "no checkpoint" in caplog.text
     assert epochs == [1, 2]
     assert (tmp_path / "checkpoint_epoch=2.pt").is_file()
+
+
+def test_new_training_archives_previous_checkpoints(tmp_path):
+    """A non-resumed training moves an earlier training's files aside instead of deleting or mixing with them."""
+    import torch
+    from ignite.engine import Engine
+
+    from pipeline.handlers import TrainingCheckpoint
+
+    (tmp_path / "checkpoint_epoch=20.pt").write_bytes(b"old")
+    (tmp_path / "model.pt").write_bytes(b"old best")
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    engine = Engine(lambda e, b: None)
+    handler = TrainingCheckpoint(tmp_path, model, opt, interval=1, resume=False)
+    handler.attach(engine)
+    engine.run([0, 1], max_epochs=2)
+    archived = list((tmp_path / "previous").glob("*/*.pt"))
+    assert sorted(p.name for p in archived) == ["checkpoint_epoch=20.pt", "model.pt"]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=2.pt"]
