@@ -1,1 +1,2 @@
 from .mumford_shah import MumfordShahLoss, SemiSupervisedMumfordShahLoss
+from .acwe import ACWELoss, ACWEWithLabelLoss, ActiveContourLabelLoss
