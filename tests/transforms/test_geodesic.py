@@ -1,0 +1,212 @@
+"""Tests of GeodesicDistance / GeodesicDistanced: analytic answers on uniform images, edges, options, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from scipy.ndimage import distance_transform_edt
+
+from transforms import (
+    GeodesicDistance,
+    GeodesicDistanced,
+    GeodesicDistanceD,
+    GeodesicDistanceDict,
+)
+
+TEST_NDARRAYS = (np.asarray, torch.as_tensor, MetaTensor)
+CONTAINERS = pytest.mark.parametrize("as_array", TEST_NDARRAYS, ids=["numpy", "torch", "metatensor"])
+
+
+def _to_numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _point(shape: tuple[int, ...], where: tuple[int, ...]) -> np.ndarray:
+    seeds = np.zeros(shape, dtype=bool)
+    seeds[where] = True
+    return seeds
+
+
+def _disk(shape: tuple[int, int], centre: tuple[int, int], radius: float) -> np.ndarray:
+    yy, xx = np.indices(shape)
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+def _step_image(size: int = 48, column: int = 24) -> np.ndarray:
+    """0 left of ``column``, 1 from it on: central differences give |∇z| = 0.5 at columns column-1 and column."""
+    image = np.zeros((size, size))
+    image[:, column:] = 1.0
+    return image
+
+
+def _euclidean_error(seeds: np.ndarray, order: int = 2, spacing=None) -> float:
+    """Max |D_G·max(EDT) − EDT| on a uniform image, in physical units."""
+    geodesic = _to_numpy(GeodesicDistance(order=order, spacing=spacing)(np.full(seeds.shape, 0.5), seeds))
+    euclidean = distance_transform_edt(~seeds, sampling=spacing)
+    return float(np.abs(geodesic * euclidean.max() - euclidean).max())
+
+
+UNIFORM_CASES = [
+    ("2d_point", lambda: _point((64, 64), (20, 30)), 2),
+    ("2d_point_order1", lambda: _point((64, 64), (20, 30)), 1),
+    ("2d_corner", lambda: _point((64, 64), (0, 0)), 2),
+    ("2d_disk", lambda: _disk((64, 64), (30, 25), 3.0), 2),
+    ("2d_disk_order1", lambda: _disk((64, 64), (30, 25), 3.0), 1),
+    ("3d_point", lambda: _point((32, 32, 32), (10, 16, 20)), 2),
+    ("3d_two_points", lambda: _point((32, 32, 32), (0, 0, 0)) | _point((32, 32, 32), (25, 20, 5)), 2),
+]
+
+
+@pytest.mark.parametrize("make_seeds, order", [c[1:] for c in UNIFORM_CASES], ids=[c[0] for c in UNIFORM_CASES])
+def test_uniform_image_is_euclidean(make_seeds, order):
+    # |∇z| = 0, so f = ε everywhere and D is ε times the Euclidean distance from the seed voxel centres
+    assert _euclidean_error(make_seeds(), order=order) <= 1.0
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 2.5), (2.5, 1.0), 0.5], ids=["rows_fine", "columns_fine", "scalar"])
+def test_uniform_image_anisotropic_spacing_2d(spacing):
+    seeds = _point((48, 40), (10, 30))
+    assert _euclidean_error(seeds, spacing=spacing) <= min(np.atleast_1d(spacing))
+
+
+def test_uniform_image_anisotropic_spacing_3d():
+    assert _euclidean_error(_point((24, 24, 12), (5, 12, 3)), spacing=(1.0, 1.0, 2.5)) <= 1.0
+
+
+@CONTAINERS
+def test_range_dtype_and_zero_on_seeds(as_array):
+    seeds = _disk((32, 32), (10, 12), 2.0)
+    image = np.random.default_rng(0).uniform(0.0, 1.0, size=(32, 32)).astype(np.float32)
+    out = GeodesicDistance()(as_array(image), as_array(seeds))
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and tuple(out.shape) == (32, 32)
+    values = _to_numpy(out)
+    assert np.all(values[seeds] == 0.0)
+    assert values.min() == 0.0 and values.max() == pytest.approx(1.0)
+    assert np.all(values[~seeds] > 0.0)
+
+
+def test_edge_makes_voxels_across_farther():
+    image, seeds = _step_image(), _point((48, 48), (24, 18))
+    out = _to_numpy(GeodesicDistance()(image, seeds))
+    same_side, across, sideways = out[24, 8], out[24, 28], out[14, 18]  # all 10 voxels from the seed
+    assert same_side == pytest.approx(sideways, rel=1e-3)
+    # crossing the two edge columns costs about 2 * β * 0.5² = 500 against ε * 10 = 0.01 for the same length
+    assert across > 1000 * same_side
+
+
+@pytest.mark.parametrize("p, barrier", [(1, 0.5), (2, 0.25), (4, 0.0625)])
+def test_exponent_p_scales_the_edge_barrier(p, barrier):
+    # |∇z| = 0.5 on the edge columns, so β|∇z|^p = 1000 * 0.5**p; the far side is dominated by that barrier
+    image, seeds = _step_image(), _point((48, 48), (24, 18))
+    out = _to_numpy(GeodesicDistance(p=p)(image, seeds))
+    ratio = out[24, 28] / out[24, 8]
+    expected = (2 * 1000.0 * barrier) / (1e-3 * 10)  # edge crossing over 10 voxels at cost ε
+    assert ratio == pytest.approx(expected, rel=0.05)
+
+
+def test_theta_moves_towards_euclidean():
+    image, seeds = _step_image(), _point((48, 48), (24, 18))
+    ratios = [
+        _to_numpy(out)[24, 28] / _to_numpy(out)[24, 8]
+        for out in (GeodesicDistance(theta=theta)(image, seeds) for theta in (0.0, 1.0, 100.0, 1e4))
+    ]
+    assert all(a > b for a, b in zip(ratios, ratios[1:]))
+    assert ratios[-1] == pytest.approx(1.0, abs=0.1)  # the edge barely matters any more
+    # with θ·D_E dominant, f ∝ D_E and D ∝ D_E² / 2 from a point seed, so D_G ≈ D_E² (a function of EDT only)
+    euclidean = distance_transform_edt(~seeds)
+    dominant = _to_numpy(GeodesicDistance(theta=1e6)(image, seeds))
+    np.testing.assert_allclose(dominant, (euclidean / euclidean.max()) ** 2, atol=0.02)
+
+
+def test_theta_on_uniform_image_keeps_euclidean_order():
+    seeds = _point((40, 40), (12, 9))
+    out = _to_numpy(GeodesicDistance(theta=0.5)(np.zeros((40, 40)), seeds))
+    euclidean = distance_transform_edt(~seeds)
+    far, near = euclidean > euclidean.mean(), euclidean < 0.5 * euclidean.mean()
+    assert out[far].min() > out[near].max()
+
+
+@CONTAINERS
+def test_channel_first_input(as_array):
+    seeds = _point((20, 24), (5, 7))
+    image = np.random.default_rng(1).uniform(0.0, 1.0, size=(20, 24))
+    expected = _to_numpy(GeodesicDistance()(image, seeds))
+    with_channel = GeodesicDistance()(as_array(image[None]), as_array(seeds[None]))
+    assert tuple(with_channel.shape) == (1, 20, 24)
+    np.testing.assert_allclose(_to_numpy(with_channel)[0], expected, atol=1e-6)
+    mixed = GeodesicDistance()(as_array(image[None]), as_array(seeds))  # seeds without the channel
+    np.testing.assert_allclose(_to_numpy(mixed)[0], expected, atol=1e-6)
+
+
+def test_channel_first_volume_and_metadata():
+    seeds = _point((1, 10, 12, 8), (0, 2, 3, 4))
+    image = MetaTensor(torch.zeros(1, 10, 12, 8), meta={"filename_or_obj": "volume.nii.gz"})
+    out = GeodesicDistance()(image, seeds)
+    assert isinstance(out, MetaTensor) and tuple(out.shape) == (1, 10, 12, 8)
+    assert out.meta["filename_or_obj"] == "volume.nii.gz"
+    assert float(out[0, 2, 3, 4]) == 0.0
+
+
+def test_all_voxels_seeds_gives_zeros():
+    out = GeodesicDistance()(np.zeros((6, 6)), np.ones((6, 6), dtype=bool))
+    np.testing.assert_array_equal(_to_numpy(out), np.zeros((6, 6)))
+
+
+def test_empty_seeds():
+    with pytest.raises(ValueError, match="no seed voxel"):
+        GeodesicDistance()(np.zeros((8, 8)), np.zeros((8, 8), dtype=bool))
+
+
+def test_ill_shape():
+    with pytest.raises(ValueError, match=r"spatial shape \(8, 8\).*got shape \(8, 9\)"):
+        GeodesicDistance()(np.zeros((8, 8)), np.ones((8, 9), dtype=bool))
+    with pytest.raises(ValueError, match="2D .* or 3D"):
+        GeodesicDistance()(np.zeros(8), np.ones(8, dtype=bool))
+    with pytest.raises(ValueError, match="2D .* or 3D"):
+        GeodesicDistance()(np.zeros((1, 4, 4, 4, 4)), np.ones((4, 4, 4, 4), dtype=bool))
+    with pytest.raises(ValueError, match="single channel.*2 channels"):
+        GeodesicDistance()(np.zeros((2, 4, 4, 4)), np.ones((4, 4, 4), dtype=bool))
+    with pytest.raises(ValueError, match="spacing"):
+        GeodesicDistance(spacing=(1.0, 1.0, 1.0))(np.zeros((8, 8)), _point((8, 8), (1, 1)))
+
+
+def test_ill_image():
+    with pytest.raises(ValueError, match=r"\[0, 1\].*\[-100, 200\]"):
+        GeodesicDistance()(np.linspace(-100.0, 200.0, 64).reshape(8, 8), _point((8, 8), (1, 1)))
+    image = np.zeros((8, 8))
+    image[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        GeodesicDistance()(image, _point((8, 8), (1, 1)))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"epsilon": 0.0}, {"p": 0.0}, {"beta": -1.0}, {"theta": -0.1}, {"order": 3}, {"spacing": (1.0, -2.0)}],
+    ids=["epsilon", "p", "beta", "theta", "order", "spacing"],
+)
+def test_ill_opts(kwargs):
+    with pytest.raises(ValueError):
+        GeodesicDistance(**kwargs)(np.zeros((8, 8)), _point((8, 8), (1, 1)))
+
+
+def test_dictionary_twin():
+    seeds = _point((1, 16, 16), (0, 4, 4))
+    data = {"image": MetaTensor(torch.zeros(1, 16, 16)), "other": torch.zeros(1, 16, 16), "clicks": seeds}
+    out = GeodesicDistanced(keys=("image", "other"), seeds_key="clicks")(data)
+    assert set(out) == {"image", "other", "clicks", "image_geodesic", "other_geodesic"}
+    assert out["image"] is data["image"]
+    np.testing.assert_allclose(_to_numpy(out["image_geodesic"]), _to_numpy(GeodesicDistance()(data["image"], seeds)))
+    renamed = GeodesicDistanced("image", "clicks", p=1, output_keys="dg")(data)
+    np.testing.assert_allclose(_to_numpy(renamed["dg"]), _to_numpy(GeodesicDistance(p=1)(data["image"], seeds)))
+    assert GeodesicDistanceD is GeodesicDistanced and GeodesicDistanceDict is GeodesicDistanced
+
+
+def test_dictionary_twin_keys():
+    data = {"image": np.zeros((8, 8))}
+    with pytest.raises(KeyError, match="seeds key 'clicks' not found"):
+        GeodesicDistanced("image", "clicks")(data)
+    assert GeodesicDistanced("missing", "clicks", allow_missing_keys=True)(data) == data
+    with pytest.raises(ValueError, match="one entry per key"):
+        GeodesicDistanced(("image", "other"), "clicks", output_keys="dg")
