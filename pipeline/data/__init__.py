@@ -12,3 +12,4 @@ from .lits import (
     mark_labelled,
     split_cases,
 )
+from .spect import SpectCase, SpectProjector, generate_spect_phantoms, index_spect, make_spect_case, osem
