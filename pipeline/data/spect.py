@@ -73,7 +73,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,7 @@ __all__ = [
     "index_spect",
     "make_spect_case",
     "osem",
+    "spect_spacing",
 ]
 
 GENERATOR = "pipeline.data.spect"
