@@ -754,7 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status.
     """
-    parser = argparse.ArgumentParser(prog="python -m pipeline.data.spect",
+    parser = argparse.ArgumentParser(prog="varseg make-data spect",
                                      description="Write simulated 99mTc bone SPECT cases (phantom, OS-EM recons).")
     parser.add_argument("out_dir", help="output folder")
     parser.add_argument("--num-cases", type=int, default=8, help="number of cases (default 8)")
