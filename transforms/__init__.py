@@ -24,3 +24,19 @@ from .slices import (
     UnstackSlicesDict,
     adjacent_slice_indices,
 )
+from .markers import (
+    AddClickMarkers,
+    AddClickMarkersd,
+    AddClickMarkersD,
+    AddClickMarkersDict,
+    LoadMarkersd,
+    LoadMarkersD,
+    LoadMarkersDict,
+    PolygonMask,
+    RandClickMarkersd,
+    RandClickMarkersD,
+    RandClickMarkersDict,
+    click_mask,
+    polygon_mask,
+    read_markers,
+)
