@@ -78,8 +78,6 @@ _ORDERS = ("angle", "given")
 _SPACES = ("voxel", "RAS", "LPS")
 # Voxel centres this close to a facet of the 3D convex hull count as on the hull (boundary included).
 _HULL_TOLERANCE = 1e-6
-# Physical points whose voxel index is this far from an integer along the dropped axis of a 2D image are refused.
-_SLICE_TOLERANCE = 0.5
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -89,7 +87,9 @@ def _as_points(points: Any, name: str = "points") -> np.ndarray:
     if arr.ndim == 1 and arr.size in (2, 3):
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] not in (2, 3):
-        raise ValueError(f"{name} must be a (k, 2) or (k, 3) array of voxel indices with k >= 1, got shape {arr.shape}.")
+        raise ValueError(
+            f"{name} must be a (k, 2) or (k, 3) array of voxel indices with k >= 1, got shape {arr.shape}."
+        )
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
             raise ValueError(f"{name} must be integer voxel indices, got {arr.tolist()}.")
@@ -209,11 +209,13 @@ def _hull_3d(points: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
     except QhullError:  # coplanar or collinear clicks
         return None
     lo, hi = unique.min(axis=0), unique.max(axis=0)
-    grid = np.stack(np.meshgrid(*(np.arange(a, b + 1) for a, b in zip(lo, hi)), indexing="ij"), axis=-1)
-    grid = grid.reshape(-1, 3)
-    inside = grid[hull.find_simplex(grid.astype(np.float64), tol=_HULL_TOLERANCE) >= 0]
+    rows, cols = np.meshgrid(np.arange(lo[1], hi[1] + 1), np.arange(lo[2], hi[2] + 1), indexing="ij")
+    plane = np.stack([np.zeros(rows.size), rows.ravel(), cols.ravel()], axis=1)
     mask = np.zeros(shape, dtype=bool)
-    mask[tuple(inside.T)] = True
+    for i in range(int(lo[0]), int(hi[0]) + 1):  # one slice at a time keeps memory bounded on large volumes
+        plane[:, 0] = i
+        inside = hull.find_simplex(plane, tol=_HULL_TOLERANCE) >= 0
+        mask[i, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1] = inside.reshape(rows.shape)
     return mask
 
 
@@ -458,7 +460,10 @@ class RandClickMarkersd(RandomizableTransform, _MarkerWriter):
         self.min_distance = float(min_distance)
         self._points: np.ndarray | None = None
 
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandClickMarkersd:
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> RandClickMarkersd:
+        """Seed ``self.R`` (the only source of randomness of the clicks); returns self."""
         RandomizableTransform.set_random_state(self, seed, state)
         return self
 
