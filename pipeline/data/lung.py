@@ -1,0 +1,870 @@
+"""Lung CT data: synthetic thorax phantoms in a Learn2Reg-like layout and an indexer for that layout.
+
+On-disk layout (the one of the Learn2Reg lung CT tasks)::
+
+    <folder>/imagesTr/<case>_0000.nii[.gz]      CT, Hounsfield units (int16)
+    <folder>/masksTr/<case>_0000.nii[.gz]       lung mask of the same image (same file name)
+    <folder>/dataset.json                        description of the data set
+
+The four digits after the case name number the images of a case (Learn2Reg uses ``_0000`` and ``_0001`` for the
+two breathing phases); :func:`index_lung` reads phase ``0000`` by default. :func:`generate_lung_phantoms` writes
+synthetic cases ``lung_NNN_0000.nii.gz`` in this layout (``.nii.gz``, int16 HU / uint8 labels, same shape and
+affine) plus a ``dataset.json``; :func:`index_lung` turns a real or synthetic folder into a datalist.
+
+Labels: 0 background, 1 **left lung**, 2 **right lung**, where left and right are the *patient's*. The affine is
+RAS+ (NIfTI world coordinates; nibabel's ``aff2axcodes`` gives ``("R", "A", "S")``): world ``+x`` points towards the
+patient's right, ``+y`` anterior, ``+z`` superior. The left lung (label 1) therefore lies at smaller (more negative)
+world ``x`` than the right lung (label 2) and than the body axis; on a screen in the radiological convention
+(patient's right on the viewer's left) it appears on the viewer's right. Masks of real data sets may be binary
+(both lung fields 1); the indexer does not read the files.
+
+The lung label is the lung field: everything inside the pleural surface, intrapulmonary vessels and nodules
+included. A nodule attached to the pleura (juxtapleural) belongs to the label where it lies inside the lung field;
+its part outside (in the chest wall) does not. Being of soft-tissue density, such a nodule bites a notch into a
+plain threshold segmentation (e.g. HU < -400) that hole filling does not close, whereas nodules and vessels
+surrounded by parenchyma are holes that it does close.
+
+Phantom model. The anatomy is defined analytically in millimetres in a patient frame centred on the body axis
+(RAS+, as above) and sampled at voxel centres:
+
+* body: an ellipse of about 270-330 x 170-245 mm with skin, subcutaneous fat (about -100 HU, thickness varying
+  around the body) and a muscle wall (40-60 HU); air outside (-1000 HU);
+* ribs (bone 250-1000 HU: cortex and marrow) inside the muscle wall, one every 24-32 mm along z, sloping down
+  anteriorly and replaced by costal cartilage next to the sternum; the sternum anteriorly; the spine posteriorly
+  (vertebral body with cortical shell and cancellous core, neural arch, spinal canal, paraspinal muscles);
+* mediastinum: a central band of soft tissue (30-60 HU) mixed with mediastinal fat, the heart (35-55 HU, shifted to
+  the patient's left, in the lower part of the thorax), the descending aorta left of the spine and the ascending
+  aorta (40-50 HU, or 150-250 HU in contrast-enhanced cases), and the trachea (air) above the carina;
+* lungs: the thoracic cavity inside the ribs less a 2-4 mm pleural margin and the mediastinum, each lung an
+  irregular dome-topped shape narrowing towards its apex and cut below by a diaphragm dome (the right one higher);
+  below it the abdomen (soft tissue). Parenchyma is -870 to -830 HU with a smooth texture and a slightly denser
+  dependent (posterior) part;
+* vessel trees: from each hilum 3-4 trunks (radius 5-7 mm, 25-35 mm long) branch dichotomously seven times into
+  tubes of soft-tissue density (30-60 HU) tapering outwards (radius x 0.79, the ratio of Murray's law, and length
+  x 0.72-0.86 per generation, down to about 1-1.5 mm);
+* nodules: 1-4 inside the lungs, 3-15 mm in diameter, and 1-3 attached to the pleura of the chest wall (6-15 mm,
+  the first at least 10 mm), soft-tissue density (20-60 HU).
+
+Acquisition: the in-plane field of view is 1.08-1.2 times the body's width, so the whole thorax fits whatever the
+grid (square pixels; about 2.4-3.1 mm for the default 128 x 128 grid, finer for larger grids); slice thickness 2,
+2.5 or 3 mm; the slab is centred near the middle of the lungs (a tall grid shows the apices and the diaphragm).
+Partial-volume blur (Gaussian, sigma 0.5-0.8 pixel in-plane and 0.4 slice along z) is applied to the anatomy before
+white Gaussian noise (sigma 20-40 HU per case); values are rounded to int16 and clipped to [-1024, 3071]. The affine
+is diagonal RAS+ (qform and sform, scanner code) with a per-case table position as origin; units are mm.
+
+Determinism. Case ``N`` of seed ``S`` only depends on ``numpy.random.default_rng([S, N])`` and the grid shape, so
+it is identical whether generated alone or among other cases.
+
+Command line::
+
+    varseg make-data lung OUT_DIR [--num-cases 18] [--shape 128 128 48] [--seed 0] [--overwrite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+from tqdm import tqdm
+
+from .lits import LayoutError, _atomic_write, _check_shape, _Field, _Grid, _nifti, _segment_mask
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LUNG_LABELS", "generate_lung_phantoms", "index_lung", "make_lung_case"]
+
+LUNG_LABELS: dict[int, str] = {0: "background", 1: "left lung", 2: "right lung"}
+TISSUES: dict[str, int] = {
+    "air": 0, "fat": 1, "muscle": 2, "soft_tissue": 3, "fluid": 4, "bone": 5, "vessel": 6, "lung": 7, "nodule": 8,
+}
+GENERATOR = "pipeline.data.lung"
+GENERATOR_VERSION = 1
+DATASET_JSON = "dataset.json"
+IMAGES_DIR, MASKS_DIR = "imagesTr", "masksTr"
+DEFAULT_SHAPE = (128, 128, 48)
+_T = TISSUES
+_IMAGE_RE = re.compile(r"^(?P<case>.+)_(?P<phase>\d{4})\.nii(?:\.gz)?$")
+_EXPECTED_LAYOUT = (
+    "expected the Learn2Reg lung CT layout: imagesTr/<case>_0000.nii[.gz] with masksTr/<case>_0000.nii[.gz]"
+)
+_HU_MIN, _HU_MAX = -1024, 3071
+_GENERATIONS = 7  # branchings after the trunk
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Anatomy parameters (drawn independently of the grid)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Wall:
+    """Body outline (semi-axes ``a`` x ``b`` mm) and wall: skin, fat (thickness modulated by angle), muscle."""
+
+    a: float
+    b: float
+    skin: float
+    fat: float
+    fat_mod: float
+    fat_angle: float
+    muscle: float
+    skin_hu: float
+    fat_hu: float
+    muscle_hu: float
+
+
+@dataclass(frozen=True)
+class _Bones:
+    """Spine (vertebral body centre ``y``, semi-axes), ribs (period, slope, size) and sternum (mm, HU)."""
+
+    y: float
+    a: float
+    b: float
+    cortex_hu: float
+    cancellous_hu: float
+    arch_hu: float
+    canal_r: float
+    rib_period: float
+    rib_phase: float
+    rib_drop: float
+    rib_half_z: float
+    rib_half_r: float
+    cartilage_hu: float
+
+
+@dataclass(frozen=True)
+class _Mediastinum:
+    """Central band, heart ellipsoid, aortas, trachea and mediastinal fat (mm, HU)."""
+
+    half_width: float
+    soft_hu: float
+    fat: _Field
+    fat_level: float
+    heart_centre: np.ndarray
+    heart_semi: np.ndarray
+    heart_hu: float
+    aorta_desc: tuple[float, float, float]
+    aorta_asc: tuple[float, float, float]
+    aorta_hu: float
+    trachea: tuple[float, float, float]
+    carina_z: float
+
+
+@dataclass(frozen=True)
+class _Lungs:
+    """Lung ellipses (per side), apex and diaphragm heights, boundary field and parenchyma HU."""
+
+    cx: float
+    cy: float
+    ax: float
+    ay: float
+    mid_z: float
+    apex_z: float
+    base_z: tuple[float, float]
+    dome: float
+    margin: float
+    shape_field: _Field
+    base_hu: float
+    gradient_hu: float
+    texture: _Field
+    abdomen_hu: float
+
+
+@dataclass(frozen=True)
+class _Nodule:
+    """A nodule: diameter (mm), axis ratios, HU and whether it is attached to the pleura."""
+
+    diameter: float
+    ratios: np.ndarray
+    hu: float
+    pleural: bool
+
+
+@dataclass(frozen=True)
+class _Anatomy:
+    """All grid-independent parameters of a case, acquisition included."""
+
+    fov_factor: float
+    thickness: float
+    origin: np.ndarray
+    wall: _Wall
+    bones: _Bones
+    mediastinum: _Mediastinum
+    lungs: _Lungs
+    nodules: tuple[_Nodule, ...]
+    vessel_hu: float
+    contrast: bool
+    noise_sigma: float
+    blur_xy: float
+
+
+def _draw_wall(rng: np.random.Generator) -> _Wall:
+    """Thorax outline and wall layers."""
+    a = float(rng.uniform(135, 165))
+    return _Wall(
+        a=a, b=a * float(rng.uniform(0.63, 0.74)), skin=float(rng.uniform(1.5, 2.5)), fat=float(rng.uniform(6, 20)),
+        fat_mod=float(rng.uniform(0.1, 0.4)), fat_angle=float(rng.uniform(0, 2 * np.pi)),
+        muscle=float(rng.uniform(12, 20)), skin_hu=float(rng.uniform(20, 40)), fat_hu=float(rng.uniform(-115, -85)),
+        muscle_hu=float(rng.uniform(40, 60)),
+    )
+
+
+def _draw_bones(rng: np.random.Generator, wall: _Wall) -> _Bones:
+    """Vertebral body 45-60 mm in front of the back skin; ribs and costal cartilage."""
+    return _Bones(
+        y=-wall.b + float(rng.uniform(48, 60)), a=float(rng.uniform(17, 21)), b=float(rng.uniform(14, 17)),
+        cortex_hu=float(rng.uniform(700, 1000)), cancellous_hu=float(rng.uniform(320, 450)),
+        arch_hu=float(rng.uniform(450, 800)), canal_r=float(rng.uniform(7, 9)),
+        rib_period=float(rng.uniform(24, 32)), rib_phase=float(rng.uniform(0, 32)), rib_drop=float(rng.uniform(25, 45)),
+        rib_half_z=float(rng.uniform(5, 7)), rib_half_r=float(rng.uniform(3.5, 5)),
+        cartilage_hu=float(rng.uniform(90, 130)),
+    )
+
+
+def _draw_mediastinum(rng: np.random.Generator, wall: _Wall, bones: _Bones, contrast: bool) -> _Mediastinum:
+    """Mediastinal band, heart on the patient's left (-x), aortas, trachea."""
+    front = bones.y + bones.b
+    aorta_hu = float(rng.uniform(150, 250)) if contrast else float(rng.uniform(40, 50))
+    return _Mediastinum(
+        half_width=float(rng.uniform(18, 26)), soft_hu=float(rng.uniform(35, 55)),
+        fat=_Field.draw(rng, 6, (15, 50), 1.0), fat_level=float(rng.uniform(-0.8, -0.3)),
+        heart_centre=np.array([-rng.uniform(12, 25), rng.uniform(0.15, 0.3) * wall.b, -rng.uniform(40, 60)]),
+        heart_semi=np.array([rng.uniform(50, 62), rng.uniform(0.32, 0.4) * wall.b, rng.uniform(50, 62)]),
+        heart_hu=float(rng.uniform(35, 55)),
+        aorta_desc=(-float(rng.uniform(18, 24)), front + float(rng.uniform(4, 8)), float(rng.uniform(10, 13))),
+        aorta_asc=(float(rng.uniform(8, 16)), float(rng.uniform(0.05, 0.2)) * wall.b, float(rng.uniform(13, 17))),
+        aorta_hu=aorta_hu,
+        trachea=(float(rng.uniform(-3, 3)), front + float(rng.uniform(18, 25)), float(rng.uniform(7, 10))),
+        carina_z=float(rng.uniform(10, 30)),
+    )
+
+
+def _draw_lungs(rng: np.random.Generator, wall: _Wall) -> _Lungs:
+    """Lung ellipses reaching beyond the rib cage (which clips them), about 220-260 mm tall."""
+    height = float(rng.uniform(220, 260))
+    right_base = -0.5 * height + float(rng.uniform(0, 15))
+    return _Lungs(
+        cx=0.5 * wall.a, cy=float(rng.uniform(-0.1, 0.05)) * wall.b, ax=0.75 * wall.a, ay=1.05 * wall.b,
+        mid_z=0.0, apex_z=0.5 * height, base_z=(right_base - float(rng.uniform(10, 20)), right_base),
+        dome=float(rng.uniform(25, 40)), margin=float(rng.uniform(2, 4)),
+        shape_field=_Field.draw(rng, 6, (50, 150), float(rng.uniform(0.03, 0.06))),
+        base_hu=float(rng.uniform(-870, -830)), gradient_hu=float(rng.uniform(10, 30)),
+        texture=_Field.draw(rng, 8, (8, 40), float(rng.uniform(8, 15))), abdomen_hu=float(rng.uniform(45, 65)),
+    )
+
+
+def _draw_nodules(rng: np.random.Generator) -> tuple[_Nodule, ...]:
+    """1-4 nodules inside the lungs (3-15 mm) and 1-3 attached to the pleura (6-15 mm, the first >= 10 mm)."""
+    nodules = []
+    for _ in range(int(rng.integers(1, 5))):
+        diameter = float(rng.uniform(3, 15))
+        nodules.append(_Nodule(diameter, rng.uniform(0.85, 1.15, 3), float(rng.uniform(20, 60)), False))
+    for i in range(int(rng.integers(1, 4))):
+        diameter = float(rng.uniform(10, 15) if i == 0 else rng.uniform(6, 15))
+        nodules.append(_Nodule(diameter, rng.uniform(0.85, 1.15, 3), float(rng.uniform(20, 60)), True))
+    return tuple(nodules)
+
+
+def _draw_anatomy(rng: np.random.Generator) -> _Anatomy:
+    """All grid-independent parameters of one case."""
+    wall = _draw_wall(rng)
+    bones = _draw_bones(rng, wall)
+    contrast = bool(rng.random() < 0.5)
+    mediastinum = _draw_mediastinum(rng, wall, bones, contrast)
+    lungs = _draw_lungs(rng, wall)
+    return _Anatomy(
+        fov_factor=float(rng.uniform(1.08, 1.2)), thickness=float(rng.choice([2.0, 2.5, 3.0])),
+        origin=np.array([rng.uniform(-20, 20), rng.uniform(-30, 30), rng.uniform(-250, -100)]), wall=wall,
+        bones=bones, mediastinum=mediastinum, lungs=lungs, nodules=_draw_nodules(rng),
+        vessel_hu=float(rng.uniform(30, 60)), contrast=contrast, noise_sigma=float(rng.uniform(20, 40)),
+        blur_xy=float(rng.uniform(0.5, 0.8)),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Composition: tissue classes and noise-free HU on a grid
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Scene:
+    """Tissue classes, noise-free HU and per-side lung masks on a grid."""
+
+    tissue: np.ndarray
+    hu: np.ndarray
+    label: np.ndarray
+
+
+def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
+    """Normalised elliptic radius (1 on the boundary)."""
+    return np.sqrt(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2)
+
+
+def _wall_layers(wall: _Wall, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """2-D tissue, HU, depth below the skin (mm) and depth of the inner surface of the muscle wall."""
+    theta, radius = np.arctan2(y, x), np.hypot(x, y)
+    edge = wall.a * wall.b / np.sqrt((wall.b * np.cos(theta)) ** 2 + (wall.a * np.sin(theta)) ** 2)
+    depth = edge - radius
+    fat_depth = wall.skin + wall.fat * (1.0 + wall.fat_mod * np.cos(theta - wall.fat_angle))
+    tissue = np.full(depth.shape, _T["air"], np.uint8)
+    hu = np.full(depth.shape, -1000.0, np.float32)
+    for lo, name, value in ((0.0, "soft_tissue", wall.skin_hu), (wall.skin, "fat", wall.fat_hu),
+                            (fat_depth, "muscle", wall.muscle_hu)):
+        mask = depth >= lo
+        tissue[mask], hu[mask] = _T[name], value
+    return tissue, hu, depth, fat_depth + wall.muscle
+
+
+def _spine_parts(bones: _Bones, wall: _Wall, x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, str, float]]:
+    """2-D masks (painted in order) of the paraspinal muscles, neural arch, canal, vertebral body and sternum."""
+    canal_y = bones.y - bones.b - bones.canal_r - 1.0
+    back = -wall.b + wall.skin + wall.fat * (1.0 - wall.fat_mod) + 3.0
+    canal_r = np.hypot(x, y - canal_y)
+    arch = (canal_r < bones.canal_r + 4.5) | ((np.abs(x) < 4.0) & (y < canal_y) & (y > back))
+    arch |= _ellipse(np.abs(x), y, bones.a + 6.0, canal_y + 2.0, 16.0, 4.5) < 1
+    rho = _ellipse(x, y, 0.0, bones.y, bones.a, bones.b)
+    sternum_y = wall.b - wall.skin - wall.fat - 0.5 * wall.muscle
+    sternum = _ellipse(x, y, 0.0, sternum_y, 16.0, 6.0)
+    return [
+        ((_ellipse(np.abs(x), y, 30.0, canal_y - 6.0, 24.0, 20.0) < 1) & (y > back), "muscle", wall.muscle_hu),
+        (arch, "bone", bones.arch_hu),
+        (canal_r < bones.canal_r, "fluid", 15.0),
+        (rho < 1, "bone", bones.cancellous_hu),
+        ((rho < 1) & ((1 - rho) * min(bones.a, bones.b) < 2.0), "bone", bones.cortex_hu),
+        (sternum < 1, "bone", bones.cortex_hu),
+        (sternum < 0.6, "bone", bones.cancellous_hu),
+    ]
+
+
+def _ribs(anat: _Anatomy, grid: _Grid, x: np.ndarray, y: np.ndarray, depth: np.ndarray,
+          inner: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """3-D masks of rib bone, rib marrow and costal cartilage just inside the muscle wall."""
+    bones = anat.bones
+    theta = np.arctan2(y, x)
+    centre_depth = inner - bones.rib_half_r - 0.5
+    radial = ((depth - centre_depth) / bones.rib_half_r) ** 2
+    drop = bones.rib_drop * (1.0 + np.sin(theta)) / 2.0  # ribs descend anteriorly
+    phase = (grid.zs[None, None, :] + drop[:, :, None] - bones.rib_phase) % bones.rib_period
+    axial = ((phase - bones.rib_period / 2.0) / bones.rib_half_z) ** 2
+    level = radial[:, :, None] + axial
+    rib = level < 1.0
+    cartilage_zone = (np.abs(theta - np.pi / 2.0) < 0.45)[:, :, None]
+    return rib & ~cartilage_zone, (level < 0.35) & ~cartilage_zone, rib & cartilage_zone
+
+
+def _mediastinum_mask(anat: _Anatomy, grid: _Grid, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """3-D masks of the mediastinum (everything between the lungs), heart, aortas and trachea."""
+    med, bones = anat.mediastinum, anat.bones
+    zs = grid.zs[None, None, :]
+    band = ((np.abs(x) < med.half_width) & (y > bones.y - bones.b - 10.0))[:, :, None]
+    hc, hs = med.heart_centre, med.heart_semi
+    heart = (((x - hc[0]) / hs[0]) ** 2 + ((y - hc[1]) / hs[1]) ** 2)[:, :, None] + ((zs - hc[2]) / hs[2]) ** 2 < 1.0
+    desc = (np.hypot(x - med.aorta_desc[0], y - med.aorta_desc[1]) < med.aorta_desc[2])[:, :, None]
+    asc = (np.hypot(x - med.aorta_asc[0], y - med.aorta_asc[1]) < med.aorta_asc[2])[:, :, None] & (zs > hc[2])
+    trachea_r = np.hypot(x - med.trachea[0], y - med.trachea[1])[:, :, None]
+    above = zs > med.carina_z
+    trachea_wall = (trachea_r < med.trachea[2] + 2.0) & above
+    trachea = (trachea_r < med.trachea[2]) & above
+    paraspinal = (_ellipse(x, y, 0.0, bones.y, bones.a + 14.0, bones.b + 8.0) < 1)[:, :, None]
+    whole = band | heart | desc | asc | trachea_wall | paraspinal
+    return whole, heart & ~desc & ~asc, desc | asc, trachea
+
+
+def _lung_masks(anat: _Anatomy, grid: _Grid, x: np.ndarray, y: np.ndarray, cavity_depth: np.ndarray,
+                mediastinum: np.ndarray) -> np.ndarray:
+    """Label map of the lung fields (1 left, x < 0; 2 right, x > 0) before nodules."""
+    lungs = anat.lungs
+    zs = grid.zs
+    up = np.clip((zs - lungs.mid_z) / (lungs.apex_z - lungs.mid_z), 0.0, 1.0)
+    scale = np.sqrt(np.maximum(1.0 - up**2, 1e-6))  # dome-topped apex
+    field = lungs.shape_field.on_grid(grid.xs, grid.ys, grid.zs)
+    inner = (cavity_depth > lungs.margin)[:, :, None]
+    med = ndimage.binary_dilation(mediastinum, iterations=1)
+    label = np.zeros(grid.shape, np.uint8)
+    for value, side, base in ((1, -1.0, lungs.base_z[0]), (2, 1.0, lungs.base_z[1])):
+        rho = _ellipse(x, y, side * lungs.cx, lungs.cy, lungs.ax, lungs.ay)
+        level = rho[:, :, None] / scale[None, None, :] + field
+        dome = base + lungs.dome * np.clip(1.0 - rho**2, 0.0, 1.0)
+        mask = (level < 1.0) & (zs[None, None, :] > dome[:, :, None]) & inner & ~med & (side * x > 0)[:, :, None]
+        label[mask] = value
+    return label
+
+
+def _compose(anat: _Anatomy, grid: _Grid) -> _Scene:
+    """Tissue classes, noise-free HU and lung labels of the anatomy (without vessels and nodules)."""
+    x, y = grid.xs[:, None], grid.ys[None, :]
+    nz = grid.shape[2]
+    tissue2, hu2, depth, inner = _wall_layers(anat.wall, x, y)
+    inside = tissue2 != _T["air"]
+    cavity2 = depth >= inner
+    spine2 = np.zeros_like(cavity2)
+    for mask, name, value in _spine_parts(anat.bones, anat.wall, x, y):
+        mask = mask & inside
+        tissue2[mask], hu2[mask] = _T[name], value
+        spine2 |= mask
+    cavity2 &= ~spine2
+    tissue = np.repeat(tissue2[:, :, None], nz, 2)
+    hu = np.repeat(hu2[:, :, None], nz, 2)
+    # below the diaphragm and between the organs: abdomen / mediastinal soft tissue
+    cavity = np.repeat(cavity2[:, :, None], nz, 2)
+    tissue[cavity], hu[cavity] = _T["soft_tissue"], anat.lungs.abdomen_hu
+    rib, marrow, cartilage = _ribs(anat, grid, x, y, depth, inner)
+    rib &= inside[:, :, None]
+    tissue[rib], hu[rib] = _T["bone"], anat.bones.cortex_hu
+    hu[marrow & rib] = anat.bones.cancellous_hu
+    cartilage &= inside[:, :, None] & ~rib
+    tissue[cartilage], hu[cartilage] = _T["soft_tissue"], anat.bones.cartilage_hu
+    med = anat.mediastinum
+    whole, heart, aorta, trachea = _mediastinum_mask(anat, grid, x, y)
+    region = whole & cavity
+    mfat = region & (med.fat.on_grid(grid.xs, grid.ys, grid.zs) < med.fat_level)
+    tissue[region], hu[region] = _T["soft_tissue"], med.soft_hu
+    tissue[mfat], hu[mfat] = _T["fat"], anat.wall.fat_hu
+    for mask, name, value in ((heart, "soft_tissue", med.heart_hu), (aorta, "vessel", med.aorta_hu),
+                              (trachea, "air", -1000.0)):
+        mask = mask & cavity
+        tissue[mask], hu[mask] = _T[name], value
+    label = _lung_masks(anat, grid, x, y, depth - inner, whole | ~cavity)
+    lung = label > 0
+    lungs = anat.lungs
+    parenchyma = lungs.base_hu + lungs.texture.on_grid(grid.xs, grid.ys, grid.zs)
+    parenchyma += (lungs.gradient_hu * np.clip(-y / anat.wall.b, -1.0, 1.0))[:, :, None]
+    tissue[lung], hu[lung] = _T["lung"], parenchyma[lung]
+    return _Scene(tissue, hu, label)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Vessel trees and nodules
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _rotate_towards(direction: np.ndarray, rng: np.random.Generator, angle: float) -> np.ndarray:
+    """``direction`` turned by ``angle`` radians about a random perpendicular axis."""
+    axis = np.cross(direction, rng.normal(size=3))
+    axis /= max(float(np.linalg.norm(axis)), 1e-9)
+    out = direction * math.cos(angle) + np.cross(axis, direction) * math.sin(angle)
+    return out / np.linalg.norm(out)
+
+
+def _vessel_segments(anat: _Anatomy, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, float, float]]:
+    """Segments (start, end, start radius, end radius) of the trees of both lungs, branching from the hila."""
+    lungs, med = anat.lungs, anat.mediastinum
+    segments = []
+    for side in (-1.0, 1.0):
+        hilum = np.array([side * (med.half_width + rng.uniform(4, 10)), lungs.cy + rng.uniform(-10, 10),
+                          rng.uniform(-15, 10)])
+        trunks = [np.array([0.45 * side, rng.uniform(-0.3, 0.3), 0.85]),   # upper lobe
+                  np.array([0.95 * side, rng.uniform(0.1, 0.4), 0.0]),      # middle
+                  np.array([0.5 * side, rng.uniform(-0.5, -0.1), -0.75])]   # lower lobe
+        if rng.random() < 0.5:
+            trunks.append(np.array([0.7 * side, rng.uniform(-0.6, -0.3), -0.3]))
+        for direction in trunks:
+            stack = [(hilum, direction / np.linalg.norm(direction), float(rng.uniform(5, 7)),
+                      float(rng.uniform(25, 35)), 0)]
+            while stack:
+                start, d, radius, length, generation = stack.pop()
+                end = start + d * length
+                segments.append((start, end, radius, 0.85 * radius))
+                if generation >= _GENERATIONS:
+                    continue
+                outward = np.array([side, 0.0, 0.0]) * 0.3
+                for sign in (-1.0, 1.0):
+                    child = _rotate_towards(d, rng, sign * float(rng.uniform(0.35, 0.7))) + outward
+                    stack.append((end, child / np.linalg.norm(child), 0.79 * radius,
+                                  length * float(rng.uniform(0.72, 0.86)), generation + 1))
+    return segments
+
+
+def _paint_vessels(anat: _Anatomy, grid: _Grid, scene: _Scene, rng: np.random.Generator) -> None:
+    """Soft-tissue tubes inside the lung fields."""
+    lung = scene.label > 0
+    for a, b, ra, rb in _vessel_segments(anat, rng):
+        found = _segment_mask(grid, a, b, ra, rb)
+        if found is None:
+            continue
+        box, mask = found
+        mask &= lung[box]
+        scene.hu[box][mask], scene.tissue[box][mask] = anat.vessel_hu, _T["vessel"]
+
+
+def _nodule_mask(grid: _Grid, centre: np.ndarray, nodule: _Nodule) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """Index box and mask of an axis-aligned ellipsoidal nodule."""
+    semi = nodule.diameter / 2.0 * nodule.ratios
+    box = grid.box(centre - semi, centre + semi)
+    if box is None:
+        return None
+    px, py, pz = grid.coords(box, centre)
+    return box, (px / semi[0]) ** 2 + (py / semi[1]) ** 2 + (pz / semi[2]) ** 2 < 1.0
+
+
+def _paint_nodules(anat: _Anatomy, grid: _Grid, scene: _Scene, cavity_edge: np.ndarray,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Paint the nodules; returns the masks of the inner and of the pleural nodules (whole nodules)."""
+    lung = scene.label > 0
+    depth = ndimage.distance_transform_edt(lung, sampling=grid.spacing)
+    idx = np.argwhere(lung)
+    points = np.stack([grid.xs[idx[:, 0]], grid.ys[idx[:, 1]], grid.zs[idx[:, 2]]], axis=1)
+    values = depth[tuple(idx.T)]
+    # lung voxels next to the chest wall (not the mediastinum or diaphragm): pleural attachment sites
+    wall_side = cavity_edge[idx[:, 0], idx[:, 1]] & (values <= 1.05 * max(grid.spacing[:2]))
+    inner_mask = np.zeros(grid.shape, bool)
+    pleural_mask = np.zeros(grid.shape, bool)
+    centres: list[np.ndarray] = []
+    for nodule in anat.nodules:
+        radius = nodule.diameter / 2.0
+        if nodule.pleural:
+            pool = np.flatnonzero(wall_side)
+        else:
+            pool = np.flatnonzero(values >= min(radius + 3.0, float(np.quantile(values, 0.95))))
+        apart = [i for i in pool[rng.permutation(len(pool))[:200]]
+                 if all(np.linalg.norm(points[i] - c) > radius + 10.0 for c in centres)]
+        if not apart:
+            continue
+        centre = points[apart[0]]
+        if nodule.pleural:  # push the centre towards the wall so that about a third lies outside the lung field
+            outward = np.array([centre[0], centre[1] - anat.lungs.cy, 0.0])
+            centre = centre + 0.3 * radius * outward / max(float(np.linalg.norm(outward)), 1e-9)
+        centres.append(centre)
+        found = _nodule_mask(grid, centre, nodule)
+        if found is None:
+            continue
+        box, mask = found
+        mask &= scene.tissue[box] != _T["bone"]
+        scene.hu[box][mask], scene.tissue[box][mask] = nodule.hu, _T["nodule"]
+        (pleural_mask if nodule.pleural else inner_mask)[box] |= mask
+    return inner_mask, pleural_mask
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Case rendering
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Phantom:
+    """A rendered case: CT volume, label map, affine, tissue map and nodule masks."""
+
+    volume: np.ndarray
+    label: np.ndarray
+    affine: np.ndarray
+    tissue: np.ndarray
+    inner_nodules: np.ndarray
+    pleural_nodules: np.ndarray
+    spacing: tuple[float, float, float]
+    noise_sigma: float
+
+
+def _place_grid(anat: _Anatomy, shape: tuple[int, int, int], rng: np.random.Generator) -> _Grid:
+    """Grid centred on the body axis in-plane (square pixels, the whole thorax in view), slab near mid-lung."""
+    pixel = anat.fov_factor * max(2.0 * anat.wall.a / shape[0], 2.0 * anat.wall.b / shape[1])
+    lungs = anat.lungs
+    z = lungs.mid_z + rng.uniform(-0.1, 0.05) * (lungs.apex_z - lungs.base_z[0])
+    return _Grid.centred(shape, (pixel, pixel, anat.thickness), (0.0, rng.uniform(-5, 5), z))
+
+
+def _affine(anat: _Anatomy, grid: _Grid) -> np.ndarray:
+    """Diagonal RAS+ voxel-to-world affine; the world origin is the case's table position."""
+    affine = np.diag([*grid.spacing, 1.0])
+    affine[:3, 3] = anat.origin + np.array([grid.xs[0], grid.ys[0], grid.zs[0]])
+    return affine
+
+
+def _acquire(anat: _Anatomy, hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Partial-volume blur, Gaussian noise, rounding to int16 HU."""
+    out = ndimage.gaussian_filter(hu, sigma=(anat.blur_xy, anat.blur_xy, 0.4), mode="nearest", truncate=3.0)
+    noise = rng.standard_normal(out.shape, dtype=np.float32)
+    noise *= anat.noise_sigma
+    out += noise
+    np.rint(out, out=out)
+    np.clip(out, _HU_MIN, _HU_MAX, out=out)
+    return out.astype(np.int16)
+
+
+def _render_case(index: int, shape: Sequence[int] = DEFAULT_SHAPE, seed: int = 0) -> _Phantom:
+    """Render case ``index`` of ``seed`` on a grid of ``shape`` (see the module docstring)."""
+    if int(index) != index or index < 0:
+        raise ValueError(f"case index must be a non-negative integer, got {index!r}")
+    shape = _check_shape(shape)
+    rng_anatomy, rng_place, rng_noise = np.random.default_rng([int(seed), int(index)]).spawn(3)
+    anat = _draw_anatomy(rng_anatomy)
+    grid = _place_grid(anat, shape, rng_place)
+    scene = _compose(anat, grid)
+    _, _, depth, inner = _wall_layers(anat.wall, grid.xs[:, None], grid.ys[None, :])
+    cavity_edge = (depth - inner) < anat.lungs.margin + 1.5 * max(grid.spacing[:2])
+    _paint_vessels(anat, grid, scene, rng_place)
+    inner_nodules, pleural_nodules = _paint_nodules(anat, grid, scene, cavity_edge, rng_place)
+    volume = _acquire(anat, scene.hu, rng_noise)
+    return _Phantom(volume, scene.label, _affine(anat, grid), scene.tissue, inner_nodules, pleural_nodules,
+                    grid.spacing, anat.noise_sigma)
+
+
+def make_lung_case(index: int, shape: tuple[int, int, int] = DEFAULT_SHAPE,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Synthesise one thorax CT case with its lung mask.
+
+    Args:
+        index: case number ``N`` (>= 0).
+        shape: grid size (x, y, z) in voxels; the whole thorax cross-section is always in view (finer pixels for a
+            larger grid), the slab is ``z`` slices of 2-3 mm near the middle of the lungs.
+        seed: dataset seed; case ``N`` only depends on ``(seed, N)`` and ``shape``.
+
+    Returns:
+        ``(volume, label, affine)``: int16 HU volume, uint8 labels (0 background, 1 left lung, 2 right lung, the
+        patient's left and right) of the same shape, and the 4x4 float64 RAS+ voxel-to-world affine (mm); the left
+        lung lies towards world ``-x``.
+
+    Raises:
+        ValueError: if ``index`` is negative or ``shape`` is not three sizes in [8, 2048].
+    """
+    case = _render_case(index, shape, seed)
+    return case.volume, case.label, case.affine
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing phantoms
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _case_name(index: int) -> str:
+    """Case name of synthetic case ``index`` (``lung_007``)."""
+    return f"lung_{index:03d}"
+
+
+def _case_entry(folder: Path, index: int) -> dict[str, str]:
+    """Datalist entry of synthetic case ``index`` in ``folder``."""
+    name = f"{_case_name(index)}_0000.nii.gz"
+    return {"image": str(folder / IMAGES_DIR / name), "label": str(folder / MASKS_DIR / name),
+            "case": _case_name(index)}
+
+
+def _write_case(folder: Path, index: int, shape: tuple[int, int, int], seed: int, overwrite: bool) -> bool:
+    """Write case ``index`` unless both files exist; returns whether it was written."""
+    entry = _case_entry(folder, index)
+    present = [Path(entry[key]).exists() for key in ("image", "label")]
+    if all(present) and not overwrite:
+        logger.debug("case %d already in %s; skipped", index, folder)
+        return False
+    if any(present) and not overwrite:
+        lone = entry["image"] if present[0] else entry["label"]
+        raise ValueError(f"{lone} exists without its pair; remove it or pass overwrite=True to regenerate case {index}")
+    volume, label, affine = make_lung_case(index, shape, seed)
+    text = f"varseg lung phantom seed={seed} case={index}"
+    mask_image, vol_image = _nifti(label, affine, text), _nifti(volume, affine, text)
+    _atomic_write(folder / MASKS_DIR, Path(entry["label"]).name, lambda p: nib.save(mask_image, p))
+    _atomic_write(folder / IMAGES_DIR, Path(entry["image"]).name, lambda p: nib.save(vol_image, p))
+    return True
+
+
+def _dataset_description(shape: tuple[int, int, int], seed: int, cases: Sequence[int]) -> dict[str, Any]:
+    """Contents of ``dataset.json`` for phantoms of ``shape`` and ``seed`` with case numbers ``cases``."""
+    cases = sorted(int(c) for c in cases)
+    return {
+        "name": "Lung CT synthetic thorax phantoms", "generator": GENERATOR, "generator_version": GENERATOR_VERSION,
+        "seed": int(seed), "shape": list(shape), "num_cases": len(cases), "cases": cases,
+        "modality": {"0": "CT"}, "labels": {str(k): v for k, v in LUNG_LABELS.items()},
+        "orientation": "RAS+ world; label 1 = patient's left lung (world -x), 2 = patient's right lung (world +x)",
+        "layout": "imagesTr/<case>_0000.nii.gz (int16 HU), masksTr/<case>_0000.nii.gz (uint8 labels)",
+        "training": [{"image": f"./{IMAGES_DIR}/{_case_name(c)}_0000.nii.gz",
+                      "mask": f"./{MASKS_DIR}/{_case_name(c)}_0000.nii.gz"} for c in cases],
+    }
+
+
+def _sync_dataset_json(folder: Path, shape: tuple[int, int, int], seed: int, cases: Sequence[int]) -> None:
+    """Create or extend ``dataset.json``; refuse a folder holding phantoms of other settings or foreign files."""
+    path = folder / DATASET_JSON
+    wanted = _dataset_description(shape, seed, cases)
+    if not path.exists():
+        stray = sorted(f"{sub}/{p.name}" for sub in (IMAGES_DIR, MASKS_DIR) if (folder / sub).is_dir()
+                       for p in (folder / sub).iterdir() if _IMAGE_RE.match(p.name))
+        if stray:
+            raise ValueError(f"{folder} holds {', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''} but no "
+                             f"{DATASET_JSON}: these are not phantoms of this generator; use an empty folder")
+    else:
+        try:
+            existing = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read {path}: {err}") from err
+        keys = ("generator", "generator_version", "seed", "shape")
+        if [existing.get(k) for k in keys] != [wanted[k] for k in keys]:
+            found = ", ".join(f"{k}={existing.get(k)!r}" for k in keys)
+            requested = ", ".join(f"{k}={wanted[k]!r}" for k in keys)
+            raise ValueError(f"{folder} holds phantoms made with other settings ({found}; requested {requested}); "
+                             "use another folder or delete this one")
+        known = set(existing.get("cases", []))
+        if known.issuperset(cases):
+            return
+        wanted = _dataset_description(shape, seed, sorted(known | set(cases)))
+    _atomic_write(folder, DATASET_JSON, lambda p: p.write_text(json.dumps(wanted, indent=2) + "\n"))
+
+
+def _generate(out_dir: str | Path, num_cases: int, shape: Sequence[int], seed: int, start_index: int,
+              overwrite: bool, progress: bool) -> tuple[list[dict[str, str]], int]:
+    """Write the phantoms; returns the datalist and the number of cases actually written."""
+    shape = _check_shape(shape)
+    if int(num_cases) != num_cases or num_cases < 1 or int(start_index) != start_index or start_index < 0:
+        raise ValueError(f"num_cases must be >= 1 and start_index >= 0, got {num_cases!r} and {start_index!r}")
+    folder = Path(out_dir).expanduser().absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    indices = list(range(int(start_index), int(start_index) + int(num_cases)))
+    _sync_dataset_json(folder, shape, int(seed), indices)
+    (folder / IMAGES_DIR).mkdir(exist_ok=True)
+    (folder / MASKS_DIR).mkdir(exist_ok=True)
+    written = 0
+    for index in tqdm(indices, desc="lung phantoms", unit="case", disable=not progress):
+        written += _write_case(folder, index, shape, int(seed), overwrite)
+    logger.info("lung phantoms in %s: %d written, %d already present", folder, written, len(indices) - written)
+    return [_case_entry(folder, i) for i in indices], written
+
+
+def generate_lung_phantoms(out_dir: str | Path, num_cases: int = 18, shape: Sequence[int] = DEFAULT_SHAPE,
+                           seed: int = 0, start_index: int = 0, overwrite: bool = False,
+                           progress: bool = True) -> list[dict[str, str]]:
+    """Write synthetic cases ``imagesTr/lung_NNN_0000.nii.gz`` / ``masksTr/lung_NNN_0000.nii.gz`` and ``dataset.json``.
+
+    Files are written atomically. A case whose two files both exist is skipped (so re-running is idempotent)
+    unless ``overwrite`` is set.
+
+    Args:
+        out_dir: output folder (created if needed).
+        num_cases: number of cases.
+        shape: grid size (x, y, z) of every case.
+        seed: dataset seed.
+        start_index: number ``N`` of the first case.
+        overwrite: regenerate cases whose files exist.
+        progress: show a progress bar.
+
+    Returns:
+        The datalist ``[{"image": image path, "label": mask path, "case": "lung_NNN"}, ...]``.
+
+    Raises:
+        ValueError: for invalid arguments, a case with only one of its two files (without ``overwrite``), a folder
+            holding phantoms of other settings (per its ``dataset.json``) or images/masks without ``dataset.json``.
+    """
+    return _generate(out_dir, num_cases, shape, seed, start_index, overwrite, progress)[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Indexing the Learn2Reg lung layout
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _collect(folder: Path, phase: str | None) -> dict[str, Path]:
+    """Key -> NIfTI file in ``folder`` (``<case>`` for one phase, ``<case>_<phase>`` for all phases)."""
+    found: dict[str, Path] = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        match = _IMAGE_RE.match(path.name)
+        if match is None or (phase is not None and match["phase"] != phase):
+            continue
+        key = match["case"] if phase is not None else f"{match['case']}_{match['phase']}"
+        if key in found:
+            raise LayoutError(f"{key} appears twice in {folder}: {found[key].name} and {path.name}")
+        found[key] = path
+    return found
+
+
+def index_lung(root: str | Path, require_labels: bool = True, phase: str | None = "0000") -> list[dict[str, str]]:
+    """Datalist of a folder in the Learn2Reg lung CT layout (``imagesTr/`` with ``masksTr/``).
+
+    Args:
+        root: dataset folder.
+        require_labels: demand a mask for every image; when False the ``"label"`` key is left out for images
+            without one.
+        phase: the four-digit image number to read (``"0000"``; Learn2Reg's second breathing phase is ``"0001"``);
+            None reads every image, naming the cases ``<case>_<phase>``.
+
+    Returns:
+        ``[{"image": ..., "label": ..., "case": "<case>"}, ...]`` sorted by case name.
+
+    Raises:
+        LayoutError: if the folder is missing or not a folder, has no ``imagesTr/``, no image of that phase, no
+            ``masksTr/`` or an image without its mask (when ``require_labels``), or a case twice (``.nii`` and
+            ``.nii.gz``).
+    """
+    if phase is not None and not re.fullmatch(r"\d{4}", str(phase)):
+        raise ValueError(f"phase must be four digits such as '0000' or None, got {phase!r}")
+    folder = Path(root).expanduser().absolute()
+    if not folder.exists():
+        raise LayoutError(f"lung CT folder {folder} does not exist")
+    if not folder.is_dir():
+        raise LayoutError(f"lung CT folder {folder} is not a folder")
+    images_dir, masks_dir = folder / IMAGES_DIR, folder / MASKS_DIR
+    if not images_dir.is_dir():
+        names = ", ".join(sorted(p.name for p in folder.iterdir())[:5]) or "nothing"
+        raise LayoutError(f"no {IMAGES_DIR}/ folder in {folder} (found: {names}); {_EXPECTED_LAYOUT}")
+    images = _collect(images_dir, phase)
+    if not images:
+        what = f"_{phase}" if phase is not None else "_NNNN"
+        raise LayoutError(f"no <case>{what}.nii[.gz] images in {images_dir}; {_EXPECTED_LAYOUT}")
+    if not masks_dir.is_dir():
+        if require_labels:
+            raise LayoutError(f"no {MASKS_DIR}/ folder in {folder} for the {len(images)} image(s) of "
+                              f"{IMAGES_DIR}/; {_EXPECTED_LAYOUT}")
+        masks: dict[str, Path] = {}
+    else:
+        masks = _collect(masks_dir, phase)
+    missing = sorted(set(images) - set(masks))
+    if missing and require_labels:
+        names = ", ".join(images[k].name for k in missing[:5])
+        raise LayoutError(f"{len(missing)} image(s) in {images_dir} lack a mask of the same name in {masks_dir}: "
+                          f"{names}{' ...' if len(missing) > 5 else ''}")
+    orphans = sorted(set(masks) - set(images))
+    if orphans:
+        logger.warning("%d mask(s) in %s have no image (e.g. %s); ignored", len(orphans), masks_dir,
+                       masks[orphans[0]].name)
+    datalist = []
+    for key in sorted(images):
+        entry = {"image": str(images[key])}
+        if key in masks:
+            entry["label"] = str(masks[key])
+        entry["case"] = key
+        datalist.append(entry)
+    return datalist
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: write phantoms and print a one-line summary.
+
+    Args:
+        argv: arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status.
+    """
+    parser = argparse.ArgumentParser(prog="varseg make-data lung",
+                                     description="Write synthetic thorax CT phantoms in the Learn2Reg lung layout.")
+    parser.add_argument("out_dir", help="output folder")
+    parser.add_argument("--num-cases", type=int, default=18, help="number of cases (default 18)")
+    parser.add_argument("--shape", type=int, nargs=3, default=list(DEFAULT_SHAPE), metavar=("X", "Y", "Z"),
+                        help="grid size in voxels (default 128 128 48)")
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    parser.add_argument("--start-index", type=int, default=0, help="number of the first case (default 0)")
+    parser.add_argument("--overwrite", action="store_true", help="regenerate existing cases")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        datalist, written = _generate(args.out_dir, args.num_cases, args.shape, args.seed, args.start_index,
+                                      args.overwrite, not args.no_progress)
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
+    print(f"{len(datalist)} lung phantom cases in {Path(args.out_dir).expanduser().absolute()} ({written} written, "
+          f"{len(datalist) - written} already present; shape {tuple(args.shape)}, seed {args.seed})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
