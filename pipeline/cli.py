@@ -4,7 +4,7 @@ Bundles themselves run through ``python -m monai.bundle run --config_file bundle
 
     varseg runs [--experiment varseg-lits] [--last 5]   # where the runs are, their metrics, the UI command
     varseg ui [--port 5000]                             # serve the MLflow UI on 127.0.0.1
-    varseg make-data {lits,spect} OUT_DIR [--num-cases N] ...  # write synthetic phantoms in a dataset's layout
+    varseg make-data {lits,lung,spect} OUT_DIR [--num-cases N] ...  # write synthetic phantoms in a dataset's layout
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _make_data(args: argparse.Namespace) -> int:
-    from pipeline.data import lits, spect
+    from pipeline.data import lits, lung, spect
 
-    generators = {"lits": lits.main, "spect": spect.main}
+    generators = {"lits": lits.main, "lung": lung.main, "spect": spect.main}
     return int(generators[args.dataset](args.rest))
 
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p_ui.set_defaults(func=_ui)
     p_data = sub.add_parser("make-data", help="write synthetic phantoms in a dataset's on-disk layout",
                             add_help=False)
-    p_data.add_argument("dataset", choices=["lits", "spect"], help="which dataset layout")
+    p_data.add_argument("dataset", choices=["lits", "lung", "spect"], help="which dataset layout")
     p_data.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the generator (try --help)")
     p_data.set_defaults(func=_make_data)
     args = parser.parse_args(argv)
