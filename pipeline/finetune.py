@@ -1,0 +1,173 @@
+"""Helpers for the bone SPECT bundle (Chen & Frey 2020 modes 1-4): data list, fine-tuning, labelled-slice subsets.
+
+* :func:`spect_datalist` - real folder in the bone SPECT layout (indexed, never written) or synthetic phantoms
+  generated on first use.
+* :func:`unlabelled` - copies of a datalist with ``labelled = False`` on every case (Mode 1).
+* :func:`prepare_finetune` - load an initial checkpoint into a network and freeze its first block(s) (Modes 2, 3).
+* :class:`LabelledSlices` - the first ``n`` slice samples of a :class:`pipeline.slicing.SliceDataset` whose label
+  contains foreground, all flagged labelled (Modes 2, 3: 10 or 80 labelled slices).
+* :class:`LabelOnlyLoss` - ``loss(pred, image, label, labelled)`` with only the active-contour label term.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["spect_datalist", "unlabelled", "load_weights", "freeze_blocks", "prepare_finetune", "LabelledSlices",
+           "LabelOnlyLoss"]
+
+
+def spect_datalist(dataset_dir: str | Path | None, synthetic_dir: str | Path, num_cases: int = 12,
+                   shape: Sequence[int] = (64, 64, 48), seed: int = 0, iterations: int = 5) -> list[dict[str, str]]:
+    """Datalist of a real bone SPECT folder ``dataset_dir`` or of synthetic phantoms (generated if missing).
+
+    Args:
+        dataset_dir: folder in the layout ``case-N/recon_osemK.nii[.gz]`` + ``case-N/bone.nii[.gz]`` (never
+            written to); None, ``""`` or ``"synthetic"`` selects the phantoms.
+        synthetic_dir: phantom folder, generated there if missing (idempotent).
+        num_cases, shape, seed: phantom settings (``seed`` is the data seed, separate from the training seed).
+        iterations: OS-EM iterations of the reconstruction used as ``"image"`` (2 or 5 for the phantoms).
+    """
+    from pipeline.data.spect import generate_spect_phantoms, index_spect
+
+    if dataset_dir is not None and str(dataset_dir).strip() not in ("", "synthetic"):
+        return index_spect(dataset_dir, iterations=int(iterations))
+    wanted = {e["case"] for e in generate_spect_phantoms(synthetic_dir, int(num_cases), tuple(shape), int(seed),
+                                                          progress=False)}
+    return [e for e in index_spect(synthetic_dir, iterations=int(iterations)) if e["case"] in wanted]
+
+
+def unlabelled(datalist: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of the dicts with ``"labelled": False`` (the unsupervised Mode 1 sees no label)."""
+    return [{**entry, "labelled": False} for entry in datalist]
+
+
+def load_weights(network: nn.Module, path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load a checkpoint written by MONAI's ``CheckpointSaver`` (a bare state dict or ``{"model": ...}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"initial checkpoint {path} not found: train Mode 1 first (or set --init_ckpt)")
+    state = torch.load(str(path), map_location=map_location, weights_only=True)
+    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
+        state = state["model"]
+    network.load_state_dict(state)
+    logger.info("loaded initial weights from %s", path)
+    return network
+
+
+def _eval_only_train(module: nn.Module):
+    def train(mode: bool = True) -> nn.Module:
+        return nn.Module.train(module, False)
+
+    return train
+
+
+def freeze_blocks(network: nn.Module, num_blocks: int = 1) -> nn.Module:
+    """Freeze ``network.blocks[:num_blocks]``: no gradients and batch-norm statistics kept (always in eval mode).
+
+    As Keras' ``trainable = False`` in the authors' ``fine_tune.py``, the frozen blocks' batch-norm layers use
+    and keep their running statistics, so the frozen part of the state dict does not change during fine-tuning.
+    """
+    for block in list(network.blocks)[: int(num_blocks)]:
+        block.requires_grad_(False)
+        block.train = _eval_only_train(block)  # type: ignore[method-assign]
+        block.eval()
+    return network
+
+
+def prepare_finetune(network: nn.Module, init_ckpt: str | Path | None, frozen_blocks: int = 1,
+                     map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load ``init_ckpt`` (when given) into ``network`` and freeze its first ``frozen_blocks`` blocks."""
+    if init_ckpt:
+        load_weights(network, init_ckpt, map_location)
+    return freeze_blocks(network, frozen_blocks)
+
+
+def trainable_parameters(network: nn.Module) -> list[nn.Parameter]:
+    """Parameters that require gradients (for the optimiser of a partly frozen network)."""
+    return [p for p in network.parameters() if p.requires_grad]
+
+
+class LabelledSlices(Dataset):
+    """The first ``num_slices`` samples of a slice dataset whose label has foreground, flagged labelled.
+
+    Samples are taken in the dataset's order (case order of the datalist, then slice position), as the authors
+    took the first slices of their training set. ``order="spread"`` instead takes them evenly spaced over all
+    foreground slices (all training cases contribute).
+
+    Args:
+        dataset: a :class:`pipeline.slicing.SliceDataset` of the training split (its labels are read).
+        num_slices: number of labelled slices.
+        order: ``"first"`` or ``"spread"``.
+        min_foreground: minimum number of foreground pixels for a slice to count as labelled.
+    """
+
+    def __init__(self, dataset: Any, num_slices: int, order: str = "first", min_foreground: int = 1) -> None:
+        if num_slices < 1:
+            raise ValueError(f"num_slices must be >= 1, got {num_slices}")
+        if order not in ("first", "spread"):
+            raise ValueError(f"order must be 'first' or 'spread', got {order!r}")
+        self.dataset = dataset
+        candidates = []
+        for i, (vol_idx, z) in enumerate(dataset.index):
+            label = dataset.volumes[vol_idx][dataset.label_key]
+            if label is not None and int((torch.as_tensor(label)[..., z] > 0).sum()) >= min_foreground:
+                candidates.append(i)
+        if not candidates:
+            raise ValueError("no training slice has foreground: cannot pick labelled slices")
+        if len(candidates) < num_slices:
+            logger.warning("only %d foreground slices, fewer than the %d requested", len(candidates), num_slices)
+        if order == "first" or len(candidates) <= num_slices:
+            self.indices = candidates[:num_slices]
+        else:
+            picks = np.linspace(0, len(candidates) - 1, num_slices).round().astype(int)
+            self.indices = [candidates[k] for k in picks]
+        logger.info("LabelledSlices: %d labelled slices (%s) out of %d foreground slices", len(self.indices), order,
+                    len(candidates))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        sample = dict(self.dataset[self.indices[idx]])
+        sample[self.dataset.labelled_key] = True
+        return sample
+
+
+class LabelOnlyLoss(nn.Module):
+    """``loss(pred, image, label, labelled)``: :class:`losses.ActiveContourLabelLoss` on the labelled samples only.
+
+    Fine-tuning loss of Modes 2 and 3 (no ACWE term). The sum over labelled samples is divided by the batch size for
+    ``reduction="mean"`` (the convention of :class:`losses.ACWEWithLabelLoss`).
+    """
+
+    def __init__(self, reduction: str = "mean", **kwargs: Any) -> None:
+        super().__init__()
+        from losses import ActiveContourLabelLoss
+
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+        self.label = ActiveContourLabelLoss(reduction="none", **kwargs)
+        self.last_label: float = float("nan")
+
+    def forward(self, input: torch.Tensor, image: torch.Tensor, target: torch.Tensor, labelled: Any) -> torch.Tensor:
+        mask = torch.as_tensor(labelled, dtype=torch.bool, device=input.device).reshape(-1)
+        if not bool(mask.any()):
+            total = input.sum() * 0.0
+        else:
+            total = self.label(input[mask], target[mask.to(target.device)].to(input.device)).sum()
+        if self.reduction == "mean":
+            total = total / input.shape[0]
+        self.last_label = float(total.detach())
+        return total
