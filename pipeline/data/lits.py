@@ -48,13 +48,10 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import os
 import re
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -64,6 +61,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
+
+from ._writing import DATASET_JSON, atomic_write, nifti_image, sync_dataset_json
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +83,6 @@ TISSUES: dict[str, int] = {
 }
 GENERATOR = "pipeline.data.lits"
 GENERATOR_VERSION = 1
-DATASET_JSON = "dataset.json"
 _T = TISSUES
 _VOLUME_RE = re.compile(r"^volume-(\d+)\.nii(?:\.gz)?$")
 _SEGMENTATION_RE = re.compile(r"^segmentation-(\d+)\.nii(?:\.gz)?$")
@@ -801,29 +799,6 @@ def make_lits_case(index: int, shape: tuple[int, int, int] = (128, 128, 32),
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _nifti(array: np.ndarray, affine: np.ndarray, description: str) -> nib.Nifti1Image:
-    """NIfTI-1 image with qform and sform set (scanner code), mm units and the array's own data type."""
-    image = nib.Nifti1Image(array, affine)
-    image.header.set_data_dtype(array.dtype)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    image.header.set_xyzt_units(xyz="mm", t="sec")
-    image.header["descrip"] = description.encode()[:79]
-    return image
-
-
-def _atomic_write(folder: Path, name: str, writer: Callable[[Path], None]) -> Path:
-    """Write ``folder/name`` through ``writer(temporary_path)`` then rename it into place (same folder)."""
-    suffix = ".nii.gz" if name.endswith(".nii.gz") else ""
-    tmp = folder / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}"
-    try:
-        writer(tmp)
-        os.replace(tmp, folder / name)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return folder / name
-
-
 def _case_entry(folder: Path, index: int) -> dict[str, str]:
     """Datalist entry of synthetic case ``index`` in ``folder``."""
     return {"image": str(folder / f"volume-{index}.nii.gz"), "label": str(folder / f"segmentation-{index}.nii.gz"),
@@ -842,9 +817,9 @@ def _write_case(folder: Path, index: int, shape: tuple[int, int, int], seed: int
         raise ValueError(f"{lone} exists without its pair; remove it or pass overwrite=True to regenerate case {index}")
     volume, segmentation, affine = make_lits_case(index, shape, seed)
     text = f"varseg LiTS phantom seed={seed} case={index}"
-    seg_image, vol_image = _nifti(segmentation, affine, text), _nifti(volume, affine, text)
-    _atomic_write(folder, Path(entry["label"]).name, lambda p: nib.save(seg_image, p))
-    _atomic_write(folder, Path(entry["image"]).name, lambda p: nib.save(vol_image, p))
+    seg_image, vol_image = nifti_image(segmentation, affine, text), nifti_image(volume, affine, text)
+    atomic_write(folder, Path(entry["label"]).name, lambda p: nib.save(seg_image, p))
+    atomic_write(folder, Path(entry["image"]).name, lambda p: nib.save(vol_image, p))
     return True
 
 
@@ -860,29 +835,10 @@ def _dataset_description(shape: tuple[int, int, int], seed: int, cases: Sequence
 
 def _sync_dataset_json(folder: Path, shape: tuple[int, int, int], seed: int, cases: Sequence[int]) -> None:
     """Create or extend ``dataset.json``; refuse a folder holding phantoms of other settings or foreign files."""
-    path = folder / DATASET_JSON
-    wanted = _dataset_description(shape, seed, cases)
-    if not path.exists():
-        stray = sorted(p.name for p in folder.iterdir() if _VOLUME_RE.match(p.name) or _SEGMENTATION_RE.match(p.name))
-        if stray:
-            raise ValueError(f"{folder} holds {', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''} but no "
-                             f"{DATASET_JSON}: these are not phantoms of this generator; use an empty folder")
-    else:
-        try:
-            existing = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read {path}: {err}") from err
-        keys = ("generator", "generator_version", "seed", "shape")
-        if [existing.get(k) for k in keys] != [wanted[k] for k in keys]:
-            found = ", ".join(f"{k}={existing.get(k)!r}" for k in keys)
-            requested = ", ".join(f"{k}={wanted[k]!r}" for k in keys)
-            raise ValueError(f"{folder} holds phantoms made with other settings ({found}; requested {requested}); "
-                             "use another folder or delete this one")
-        known = set(existing.get("cases", []))
-        if known.issuperset(cases):
-            return
-        wanted = _dataset_description(shape, seed, sorted(known | set(cases)))
-    _atomic_write(folder, DATASET_JSON, lambda p: p.write_text(json.dumps(wanted, indent=2) + "\n"))
+    stray = [] if (folder / DATASET_JSON).exists() else sorted(
+        p.name for p in folder.iterdir() if _VOLUME_RE.match(p.name) or _SEGMENTATION_RE.match(p.name))
+    sync_dataset_json(folder, lambda c: _dataset_description(shape, seed, c),
+                      ("generator", "generator_version", "seed", "shape"), cases, stray)
 
 
 def _generate(out_dir: str | Path, num_cases: int, shape: Sequence[int], seed: int, start_index: int,

@@ -63,7 +63,6 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import re
@@ -77,7 +76,8 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from .lits import LayoutError, _atomic_write, _check_shape, _Field, _Grid, _nifti, _segment_mask
+from ._writing import DATASET_JSON, atomic_write, nifti_image, sync_dataset_json
+from .lits import LayoutError, _check_shape, _Field, _Grid, _segment_mask
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,6 @@ TISSUES: dict[str, int] = {
 }
 GENERATOR = "pipeline.data.lung"
 GENERATOR_VERSION = 1
-DATASET_JSON = "dataset.json"
 IMAGES_DIR, MASKS_DIR = "imagesTr", "masksTr"
 DEFAULT_SHAPE = (128, 128, 48)
 _T = TISSUES
@@ -658,9 +657,9 @@ def _write_case(folder: Path, index: int, shape: tuple[int, int, int], seed: int
         raise ValueError(f"{lone} exists without its pair; remove it or pass overwrite=True to regenerate case {index}")
     volume, label, affine = make_lung_case(index, shape, seed)
     text = f"varseg lung phantom seed={seed} case={index}"
-    mask_image, vol_image = _nifti(label, affine, text), _nifti(volume, affine, text)
-    _atomic_write(folder / MASKS_DIR, Path(entry["label"]).name, lambda p: nib.save(mask_image, p))
-    _atomic_write(folder / IMAGES_DIR, Path(entry["image"]).name, lambda p: nib.save(vol_image, p))
+    mask_image, vol_image = nifti_image(label, affine, text), nifti_image(volume, affine, text)
+    atomic_write(folder / MASKS_DIR, Path(entry["label"]).name, lambda p: nib.save(mask_image, p))
+    atomic_write(folder / IMAGES_DIR, Path(entry["image"]).name, lambda p: nib.save(vol_image, p))
     return True
 
 
@@ -680,30 +679,11 @@ def _dataset_description(shape: tuple[int, int, int], seed: int, cases: Sequence
 
 def _sync_dataset_json(folder: Path, shape: tuple[int, int, int], seed: int, cases: Sequence[int]) -> None:
     """Create or extend ``dataset.json``; refuse a folder holding phantoms of other settings or foreign files."""
-    path = folder / DATASET_JSON
-    wanted = _dataset_description(shape, seed, cases)
-    if not path.exists():
-        stray = sorted(f"{sub}/{p.name}" for sub in (IMAGES_DIR, MASKS_DIR) if (folder / sub).is_dir()
-                       for p in (folder / sub).iterdir() if _IMAGE_RE.match(p.name))
-        if stray:
-            raise ValueError(f"{folder} holds {', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''} but no "
-                             f"{DATASET_JSON}: these are not phantoms of this generator; use an empty folder")
-    else:
-        try:
-            existing = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read {path}: {err}") from err
-        keys = ("generator", "generator_version", "seed", "shape")
-        if [existing.get(k) for k in keys] != [wanted[k] for k in keys]:
-            found = ", ".join(f"{k}={existing.get(k)!r}" for k in keys)
-            requested = ", ".join(f"{k}={wanted[k]!r}" for k in keys)
-            raise ValueError(f"{folder} holds phantoms made with other settings ({found}; requested {requested}); "
-                             "use another folder or delete this one")
-        known = set(existing.get("cases", []))
-        if known.issuperset(cases):
-            return
-        wanted = _dataset_description(shape, seed, sorted(known | set(cases)))
-    _atomic_write(folder, DATASET_JSON, lambda p: p.write_text(json.dumps(wanted, indent=2) + "\n"))
+    stray = [] if (folder / DATASET_JSON).exists() else sorted(
+        f"{sub}/{p.name}" for sub in (IMAGES_DIR, MASKS_DIR) if (folder / sub).is_dir()
+        for p in (folder / sub).iterdir() if _IMAGE_RE.match(p.name))
+    sync_dataset_json(folder, lambda c: _dataset_description(shape, seed, c),
+                      ("generator", "generator_version", "seed", "shape"), cases, stray)
 
 
 def _generate(out_dir: str | Path, num_cases: int, shape: Sequence[int], seed: int, start_index: int,

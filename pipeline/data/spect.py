@@ -67,7 +67,6 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -84,6 +83,7 @@ from scipy import sparse
 from scipy.special import erf
 from tqdm import tqdm
 
+from ._writing import DATASET_JSON, nifti_image, sync_dataset_json
 from .lits import LayoutError
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,6 @@ __all__ = [
 
 GENERATOR = "pipeline.data.spect"
 GENERATOR_VERSION = 1
-DATASET_JSON = "dataset.json"
 LABELS: dict[int, str] = {0: "background", 1: "bone"}
 FOV_MM = 64 * 4.42  # in-plane field of view: a 64-pixel matrix of 4.42 mm
 MU_PER_MM = {"air": 0.0, "soft": 0.015, "lung": 0.005, "bone": 0.025}  # 140 keV
@@ -526,17 +525,6 @@ def make_spect_case(index: int, shape: Sequence[int] = (64, 64, 48), seed: int =
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _nifti(array: np.ndarray, affine: np.ndarray, description: str) -> nib.Nifti1Image:
-    """NIfTI-1 image with qform and sform set (scanner code), mm units and the array's own data type."""
-    image = nib.Nifti1Image(array, affine)
-    image.header.set_data_dtype(array.dtype)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    image.header.set_xyzt_units(xyz="mm", t="sec")
-    image.header["descrip"] = description.encode()[:79]
-    return image
-
-
 def _case_files(iterations: Sequence[int]) -> list[str]:
     return [f"recon_osem{k}.nii.gz" for k in iterations] + ["bone.nii.gz", "phantom.nii.gz", "mu.nii.gz"]
 
@@ -566,10 +554,10 @@ def _write_case(folder: Path, index: int, settings: dict[str, Any], overwrite: b
     tmp.mkdir()
     try:
         for k, recon in case.recons.items():
-            nib.save(_nifti(recon.astype(np.float32), case.affine, f"{text} osem{k}"), tmp / f"recon_osem{k}.nii.gz")
-        nib.save(_nifti(case.label, case.affine, text), tmp / "bone.nii.gz")
-        nib.save(_nifti(case.activity, case.affine, text), tmp / "phantom.nii.gz")
-        nib.save(_nifti(case.mu, case.affine, f"{text} mu 1/cm"), tmp / "mu.nii.gz")
+            nib.save(nifti_image(recon.astype(np.float32), case.affine, f"{text} osem{k}"), tmp / f"recon_osem{k}.nii.gz")
+        nib.save(nifti_image(case.label, case.affine, text), tmp / "bone.nii.gz")
+        nib.save(nifti_image(case.activity, case.affine, text), tmp / "phantom.nii.gz")
+        nib.save(nifti_image(case.mu, case.affine, f"{text} mu 1/cm"), tmp / "mu.nii.gz")
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -586,44 +574,22 @@ def _settings(shape: Sequence[int], seed: int, iterations: Sequence[int], subset
             "fwhm_slope": float(fwhm_slope)}
 
 
-def _sync_dataset_json(folder: Path, settings: dict[str, Any], cases: Sequence[int]) -> None:
-    """Create or extend ``dataset.json``; refuse a folder holding cases of other settings or foreign cases."""
-    path = folder / DATASET_JSON
-    if not path.exists():
-        stray = sorted(p.name for p in folder.iterdir() if _CASE_RE.match(p.name))
-        if stray:
-            raise ValueError(f"{folder} holds {', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''} but no "
-                             f"{DATASET_JSON}: these are not cases of this generator; use an empty folder")
-        known: set[int] = set()
-    else:
-        try:
-            existing = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read {path}: {err}") from err
-        mine = {"generator": GENERATOR, "generator_version": GENERATOR_VERSION, **settings}
-        differ = [k for k in mine if existing.get(k) != mine[k]]
-        if differ:
-            found = ", ".join(f"{k}={existing.get(k)!r}" for k in differ)
-            requested = ", ".join(f"{k}={mine[k]!r}" for k in differ)
-            raise ValueError(f"{folder} holds cases made with other settings ({found}; requested {requested}); "
-                             "use another folder or delete this one")
-        known = set(existing.get("cases", []))
-        if known.issuperset(cases):
-            return
-    all_cases = sorted(known | {int(c) for c in cases})
-    description = {
+def _dataset_description(settings: dict[str, Any], cases: list[int]) -> dict[str, Any]:
+    """Contents of ``dataset.json`` for cases ``cases`` simulated with ``settings``."""
+    return {
         "name": "Simulated 99mTc bone SPECT", "generator": GENERATOR, "generator_version": GENERATOR_VERSION,
-        **settings, "num_cases": len(all_cases), "cases": all_cases, "modality": {"0": "SPECT"},
+        **settings, "num_cases": len(cases), "cases": cases, "modality": {"0": "SPECT"},
         "labels": {str(k): v for k, v in LABELS.items()},
         "layout": "case-N/recon_osemK.nii.gz (float32 activity), case-N/bone.nii.gz (uint8), "
                   "case-N/phantom.nii.gz (float32 true activity), case-N/mu.nii.gz (float32, 1/cm)",
     }
-    tmp = folder / f".{DATASET_JSON}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        tmp.write_text(json.dumps(description, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+def _sync_dataset_json(folder: Path, settings: dict[str, Any], cases: Sequence[int]) -> None:
+    """Create or extend ``dataset.json``; refuse a folder holding cases of other settings or foreign cases."""
+    stray = [] if (folder / DATASET_JSON).exists() else sorted(p.name for p in folder.iterdir() if _CASE_RE.match(p.name))
+    sync_dataset_json(folder, lambda c: _dataset_description(settings, c),
+                      ("generator", "generator_version", *settings), cases, stray)
 
 
 def _generate(out_dir: str | Path, num_cases: int, settings: dict[str, Any], start_index: int, overwrite: bool,
