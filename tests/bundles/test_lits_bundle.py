@@ -19,6 +19,8 @@ import pytest
 
 from pipeline.data import generate_lits_phantoms
 
+from bundle_utils import isolated_env, run_bundle
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "lits" / "configs"
 TRAIN = str(CONFIGS / "train.json")
@@ -26,22 +28,12 @@ EVALUATE = str(CONFIGS / "evaluate.json")
 INFERENCE = str(CONFIGS / "inference.json")
 
 
-def _bundle(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("lits_bundle")
     data = root / "data"
     generate_lits_phantoms(data, num_cases=6, shape=(64, 64, 8), seed=0, progress=False)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["VARSEG_MLRUNS"] = str(root / "mlruns")
-    env["PYTHONWARNINGS"] = "ignore"
+    env = isolated_env(root)
     common = [
         "--synthetic_dir", str(data), "--synthetic_cases", "6", "--synthetic_shape", "[64,64,8]",
         "--ckpt_dir", str(root / "models"), "--output_dir", str(root / "eval"),
@@ -52,7 +44,7 @@ def workspace(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(workspace):
-    _bundle(["--config_file", TRAIN, *workspace["common"], "--max_epochs", "2"], workspace["env"])
+    run_bundle(["--config_file", TRAIN, *workspace["common"], "--max_epochs", "2"], workspace["env"])
     return workspace
 
 
@@ -103,7 +95,7 @@ def test_train_writes_checkpoints(trained):
 
 
 def test_evaluate_logs_test_metrics(trained):
-    _bundle(["--config_file", f"['{TRAIN}','{EVALUATE}']", *trained["common"]], trained["env"])
+    run_bundle(["--config_file", f"['{TRAIN}','{EVALUATE}']", *trained["common"]], trained["env"])
     client, runs = _runs(trained, "evaluate")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     metrics = runs[0].data.metrics
@@ -124,7 +116,7 @@ def test_inference_mask_has_input_shape_and_affine(trained, tmp_path):
     out = tmp_path / "masks"
     args = ["--config_file", INFERENCE, "--input", str(image), "--output", str(out),
             "--ckpt_path", str(trained["root"] / "models" / "model.pt"), "--features", "4", "--num_threads", "2"]
-    _bundle(args, trained["env"])
+    run_bundle(args, trained["env"])
     mask_file = out / "volume-0_lesion.nii.gz"
     assert mask_file.is_file()
     src, mask = nib.load(str(image)), nib.load(str(mask_file))
@@ -148,7 +140,7 @@ def test_inference_keeps_geometry_of_a_non_ras_folder_input(trained, tmp_path):
     folder.mkdir()
     nib.save(lps, str(folder / "scan-lps.nii.gz"))
     out = tmp_path / "masks"
-    _bundle(["--config_file", INFERENCE, "--input", str(folder), "--output", str(out),
+    run_bundle(["--config_file", INFERENCE, "--input", str(folder), "--output", str(out),
              "--ckpt_path", str(trained["root"] / "models" / "model.pt"), "--features", "4", "--num_threads", "2"],
             trained["env"])
     mask = nib.load(str(out / "scan-lps_lesion.nii.gz"))
@@ -164,7 +156,7 @@ def test_inference_on_real_ct_keeps_its_geometry(trained, tmp_path):
     if not real.is_file():
         pytest.skip(f"real sample data not found at {real} (set VARSEG_REAL_DATA to the folder of shared/data/real)")
     out = tmp_path / "masks"
-    _bundle(["--config_file", INFERENCE, "--input", str(real), "--output", str(out),
+    run_bundle(["--config_file", INFERENCE, "--input", str(real), "--output", str(out),
              "--ckpt_path", str(trained["root"] / "models" / "model.pt"), "--features", "4", "--num_threads", "2"],
             trained["env"])
     src, mask = nib.load(str(real)), nib.load(str(out / "example_ct_sm_lesion.nii.gz"))

@@ -19,6 +19,8 @@ import torch
 
 from pipeline.data import generate_spect_phantoms
 
+from bundle_utils import isolated_env, run_bundle
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "spect" / "configs"
 TRAIN = str(CONFIGS / "train.json")
@@ -30,22 +32,12 @@ def _mode(n: int) -> str:
     return str(CONFIGS / "methods" / f"mode{n}.json")
 
 
-def _bundle(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("spect_bundle")
     data = root / "data"
     generate_spect_phantoms(data, num_cases=4, shape=(32, 32, 8), seed=0, progress=False)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["VARSEG_MLRUNS"] = str(root / "mlruns")
-    env["PYTHONWARNINGS"] = "ignore"
+    env = isolated_env(root)
     common = [
         "--synthetic_dir", str(data), "--synthetic_cases", "4", "--synthetic_shape", "[32,32,8]",
         "--models_root", str(root / "models"), "--output_dir", str(root / "eval"),
@@ -56,7 +48,7 @@ def workspace(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mode1(workspace):
-    _bundle(["--config_file", TRAIN, *workspace["common"]], workspace["env"])
+    run_bundle(["--config_file", TRAIN, *workspace["common"]], workspace["env"])
     return workspace
 
 
@@ -91,7 +83,7 @@ def test_mode1_logs_one_finished_unsupervised_run(mode1):
 
 
 def test_mode4_joint_run(mode1):
-    _bundle(["--config_file", f"['{TRAIN}','{_mode(4)}']", *mode1["common"]], mode1["env"])
+    run_bundle(["--config_file", f"['{TRAIN}','{_mode(4)}']", *mode1["common"]], mode1["env"])
     client, runs = _runs(mode1, "train", "mode4")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     params = runs[0].data.params
@@ -106,7 +98,7 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_mode2_finetunes_from_mode1_with_first_block_frozen(mode1):
-    _bundle(["--config_file", f"['{TRAIN}','{_mode(2)}']", *mode1["common"]], mode1["env"])
+    run_bundle(["--config_file", f"['{TRAIN}','{_mode(2)}']", *mode1["common"]], mode1["env"])
     client, runs = _runs(mode1, "train", "mode2")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     params = runs[0].data.params
@@ -122,7 +114,7 @@ def test_mode2_finetunes_from_mode1_with_first_block_frozen(mode1):
 
 
 def test_evaluate_logs_test_dice(mode1):
-    _bundle(["--config_file", f"['{TRAIN}','{EVALUATE}']", *mode1["common"]], mode1["env"])
+    run_bundle(["--config_file", f"['{TRAIN}','{EVALUATE}']", *mode1["common"]], mode1["env"])
     _, runs = _runs(mode1, "evaluate", "mode1")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     metrics = runs[0].data.metrics
@@ -137,7 +129,7 @@ def test_inference_mask_has_input_shape_and_affine(mode1, tmp_path):
     args = ["--config_file", INFERENCE, "--input", str(image), "--output", str(out),
             "--ckpt_path", str(mode1["root"] / "models" / "mode1" / "model.pt"), "--features", "4",
             "--num_threads", "2"]
-    _bundle(args, mode1["env"])
+    run_bundle(args, mode1["env"])
     mask_file = out / "recon_osem5_bone.nii.gz"
     assert mask_file.is_file()
     src, mask = nib.load(str(image)), nib.load(str(mask_file))
