@@ -13,4 +13,4 @@ from .lits import (
     split_cases,
 )
 from .spect import SpectCase, SpectProjector, generate_spect_phantoms, index_spect, make_spect_case, osem
-from .lung import LUNG_LABELS, generate_lung_phantoms, index_lung, make_lung_case
+from .lung import LUNG_LABELS, generate_lung_phantoms, index_lung, lung_datalist, make_lung_case

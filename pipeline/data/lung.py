@@ -81,7 +81,7 @@ from .lits import LayoutError, _check_shape, _Field, _Grid, _segment_mask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LUNG_LABELS", "generate_lung_phantoms", "index_lung", "make_lung_case"]
+__all__ = ["LUNG_LABELS", "generate_lung_phantoms", "index_lung", "lung_datalist", "make_lung_case"]
 
 LUNG_LABELS: dict[int, str] = {0: "background", 1: "left lung", 2: "right lung"}
 TISSUES: dict[str, int] = {
@@ -813,6 +813,31 @@ def index_lung(root: str | Path, require_labels: bool = True, phase: str | None 
 # ----------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def lung_datalist(dataset_dir: str | Path | None, synthetic_dir: str | Path, num_cases: int = 18,
+                  shape: Sequence[int] = DEFAULT_SHAPE, seed: int = 0) -> list[dict[str, str]]:
+    """Datalist of a real Learn2Reg-style lung folder ``dataset_dir``, or of synthetic phantoms when it is not given.
+
+    Args:
+        dataset_dir: real folder (``imagesTr/`` + ``masksTr/``, never written to); None, ``""`` or ``"synthetic"``
+            selects the phantoms.
+        synthetic_dir: folder of the phantoms, generated there if missing (idempotent).
+        num_cases: number of phantoms.
+        shape: phantom grid size.
+        seed: phantom seed.
+
+    Returns:
+        The datalist sorted by case (for phantoms: ``lung_000 .. lung_{num_cases - 1}``).
+
+    Raises:
+        LayoutError: if ``dataset_dir`` is not in the Learn2Reg lung layout.
+        ValueError: if ``synthetic_dir`` holds phantoms of other settings.
+    """
+    if dataset_dir is not None and str(dataset_dir).strip() not in ("", "synthetic"):
+        return index_lung(dataset_dir)
+    wanted = {entry["case"] for entry in generate_lung_phantoms(synthetic_dir, num_cases, shape, seed)}
+    return [entry for entry in index_lung(synthetic_dir) if entry["case"] in wanted]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,183 @@
+"""The seven-method selective-segmentation table (paper Tables 1 and 2) for the lung bundle or the LiTS selective mode.
+
+Runs, in order: ``m1`` .. ``m4`` (train on 2 images with ``methods/mN.json``, then evaluate the best-validation
+checkpoint on the test images with ``evaluate.json``) and the per-image ``tv``, ``elastica`` and ``dip`` methods
+(``methods/<name>.json``: setting chosen on the validation images, then applied to each test image). Each step is
+its own MLflow run in the dataset's experiment (``varseg-lung`` or ``varseg-lits-selective``). Then writes
+``selective_table.md`` and ``selective_table.csv`` (test Dice / Jaccard mean ± std per method, next to the paper's
+values) and gathers the overlay PNG of each method for the first test image, all logged as one more MLflow run
+(tag ``method = table``).
+
+Command line (further ``--key value`` pairs go to every bundle run, e.g. ``--max_epochs 100``)::
+
+    python -m pipeline.selective_table lung [--methods m1 m2 m3 m4 tv elastica dip] [--out DIR] [--skip-train]
+    python -m pipeline.selective_table lits
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.selective import METHODS, TRAINED_METHODS
+from pipeline.tracking import MLflowTracker, make_run_name
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+LUNG_CONFIGS = REPO / "bundles" / "lung" / "configs"
+LITS_SELECTIVE = REPO / "bundles" / "lits" / "configs" / "selective.json"
+
+# Burrows, Chen, Torella (2021), Table 1 (lung, 16 test images) and Table 2 (LiTS lesions, 27 test images):
+# (Dice mean, Dice std, Jaccard mean, Jaccard std)
+PAPER = {
+    "lung": {"m1": (0.902, 0.047, 0.825, 0.077), "m2": (0.935, 0.048, 0.882, 0.082),
+             "m3": (0.971, 0.021, 0.944, 0.038), "m4": (0.976, 0.024, 0.953, 0.044),
+             "tv": (0.960, 0.031, 0.925, 0.052), "elastica": (0.963, 0.015, 0.929, 0.027),
+             "dip": (0.916, 0.143, 0.830, 0.168)},
+    "lits": {"m1": (0.841, 0.137, 0.745, 0.174), "m2": (0.767, 0.224, 0.665, 0.241),
+             "m3": (0.879, 0.071, 0.790, 0.112), "m4": (0.868, 0.080, 0.774, 0.116),
+             "tv": (0.862, 0.090, 0.768, 0.129), "elastica": (0.864, 0.075, 0.770, 0.122),
+             "dip": (0.840, 0.132, 0.743, 0.165)},
+}
+NAMES = {"m1": "M1", "m2": "M2", "m3": "M3", "m4": "M4", "tv": "TV", "elastica": "Elastica", "dip": "DIP"}
+DESCRIPTION = {"m1": "VM-Net, G = M, eq. (3) with TV", "m2": "VM-Net, G = M, eq. (3) with μ = 0",
+               "m3": "VM-Net + DIP-Net, G = M, eq. (2)", "m4": "VM-Net + DIP-Net, G = D_G, eq. (2)",
+               "tv": "per image: TV model (4), ADMM", "elastica": "per image: Euler-elastica model (4), ADMM",
+               "dip": "per image: DIP-like model (4), early stopping"}
+
+
+def config_files(dataset: str, method: str, evaluate: bool) -> list[str]:
+    """Config files (merged in order) of one method run of ``dataset`` (``lung`` or ``lits``)."""
+    files = [str(LUNG_CONFIGS / "train.json")]
+    if dataset == "lits":
+        files.append(str(LITS_SELECTIVE))
+    files.append(str(LUNG_CONFIGS / "methods" / f"{method}.json"))
+    if evaluate:
+        files.append(str(LUNG_CONFIGS / "evaluate.json"))
+    return files
+
+
+def _run_bundle(files: Sequence[str], overrides: Sequence[str]) -> float:
+    spec = "[" + ",".join(f"'{f}'" for f in files) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", spec, *overrides]
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return time.time() - start
+
+
+def _read_test(path: Path) -> dict[str, list[float]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the method's evaluation did not write its per-case metrics")
+    rows = [r for r in csv.DictReader(path.open()) if r["case"] not in ("mean", "std")]
+    return {"dice": [float(r["test_dice"]) for r in rows], "jaccard": [float(r["test_jaccard"]) for r in rows]}
+
+
+def _bundle_root(dataset: str) -> Path:
+    return REPO / "bundles" / ("lung" if dataset == "lung" else "lits")
+
+
+def output_dir(dataset: str, method: str) -> Path:
+    """Where a method run of ``dataset`` writes its per-case CSVs and overlay."""
+    root = _bundle_root(dataset) / "eval"
+    return root / method if dataset == "lung" else root / "selective" / method
+
+
+def format_table(dataset: str, results: dict[str, dict[str, list[float]]], seconds: dict[str, float]) -> str:
+    """Markdown table: measured test Dice / Jaccard (mean ± std) per method next to the paper's."""
+    n = max((len(r["dice"]) for r in results.values()), default=0)
+    lines = [
+        f"| Method | Description | Dice (measured) | Jaccard (measured) | Dice (paper) | Jaccard (paper) | Wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, res in results.items():
+        d, j = np.asarray(res["dice"]), np.asarray(res["jaccard"])
+        p = PAPER[dataset][method]
+        lines.append(f"| {NAMES[method]} | {DESCRIPTION[method]} | {d.mean():.3f} ± {d.std():.3f} | "
+                     f"{j.mean():.3f} ± {j.std():.3f} | {p[0]:.3f} ± {p[1]:.3f} | {p[2]:.3f} ± {p[3]:.3f} | "
+                     f"{seconds.get(method, float('nan')):.0f} |")
+    order = sorted(results, key=lambda m: -float(np.mean(results[m]["dice"])))
+    paper_order = sorted(results, key=lambda m: -PAPER[dataset][m][0])
+    lines += ["", f"Test images: {n}. Ranking by measured Dice: {' > '.join(NAMES[m] for m in order)}; "
+                  f"paper: {' > '.join(NAMES[m] for m in paper_order)}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.selective_table", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset", choices=["lung", "lits"], help="lung bundle or the LiTS bundle's selective mode")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--out", default=None, help="table folder (default bundles/<bundle>/eval/[selective/]table)")
+    parser.add_argument("--skip-train", action="store_true", help="evaluate existing M1-M4 checkpoints only")
+    args, overrides = parser.parse_known_args(argv)
+    if len(overrides) % 2:
+        parser.error(f"bundle overrides must be --key value pairs, got {overrides}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = Path(args.out) if args.out else output_dir(args.dataset, "table")
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, list[float]]] = {}
+    seconds: dict[str, float] = {}
+    for method in args.methods:
+        start = time.time()
+        if method in TRAINED_METHODS:
+            if not args.skip_train:
+                logger.info("%s: training", method)
+                _run_bundle(config_files(args.dataset, method, evaluate=False), overrides)
+            logger.info("%s: evaluating on the test images", method)
+            _run_bundle(config_files(args.dataset, method, evaluate=True), overrides)
+        else:
+            logger.info("%s: validation, then each test image", method)
+            _run_bundle(config_files(args.dataset, method, evaluate=False), overrides)
+        seconds[method] = time.time() - start
+        results[method] = _read_test(output_dir(args.dataset, method) / "per_case_test_metrics.csv")
+        logger.info("%s: test Dice %.3f ± %.3f (%.0f s)", method, np.mean(results[method]["dice"]),
+                    np.std(results[method]["dice"]), seconds[method])
+    table = format_table(args.dataset, results, seconds)
+    (out / "selective_table.md").write_text(table)
+    with (out / "selective_table.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["method", "dice_mean", "dice_std", "jaccard_mean", "jaccard_std", "paper_dice_mean",
+                         "paper_dice_std", "paper_jaccard_mean", "paper_jaccard_std", "wall_seconds"])
+        for method, res in results.items():
+            d, j = np.asarray(res["dice"]), np.asarray(res["jaccard"])
+            writer.writerow([method, f"{d.mean():.4f}", f"{d.std():.4f}", f"{j.mean():.4f}", f"{j.std():.4f}",
+                             *PAPER[args.dataset][method], f"{seconds[method]:.1f}"])
+    overlays = out / "overlays"
+    overlays.mkdir(exist_ok=True)
+    for method in results:
+        png = output_dir(args.dataset, method) / f"overlay_{method}.png"
+        if png.is_file():
+            shutil.copy2(png, overlays / png.name)
+    experiment = "varseg-lung" if args.dataset == "lung" else "varseg-lits-selective"
+    bundle = "lung" if args.dataset == "lung" else "lits"
+    tracker = MLflowTracker(experiment, run_name=make_run_name(bundle, "table", args.dataset), bundle=bundle,
+                            params={"methods": args.methods, "overrides": " ".join(overrides) or "none",
+                                    "skip_train": args.skip_train},
+                            tags={"method": "table", "workflow": "table"}, log_config=False)
+    tracker.start_run()
+    for method, res in results.items():
+        tracker.log_metrics({f"{method}_test_dice": float(np.mean(res["dice"])),
+                             f"{method}_test_dice_std": float(np.std(res["dice"])),
+                             f"{method}_test_jaccard": float(np.mean(res["jaccard"])),
+                             f"{method}_test_jaccard_std": float(np.std(res["jaccard"]))})
+    for path in (out / "selective_table.md", out / "selective_table.csv", overlays):
+        tracker.log_artifact(path)
+    tracker.end_run("FINISHED")
+    print(table)
+    print(f"table: {out / 'selective_table.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
