@@ -534,12 +534,8 @@ def dip_segment(sample: Mapping[str, Any], epochs: Sequence[int] | int = 300, la
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if epoch in counts:
-            net.eval()
-            with torch.no_grad():
-                u_eval = net(index, perturb=False)
-            net.train()
-            masks[epoch] = (u_eval[0, 0].cpu().numpy() > 0.5)[crop]
+        if epoch in counts:  # the DIP output is the network's output at this iterate (batch statistics)
+            masks[epoch] = (u.detach()[0, 0].cpu().numpy() > 0.5)[crop]
     return masks
 
 
@@ -681,3 +677,68 @@ def segment_volume(image_path: str | Path, markers_path: str | Path, predict: Ca
         mask_ras[:, :, z] = np.asarray(predict(sample), dtype=bool)
     mask = apply_orientation(mask_ras, ornt_transform(axcodes2ornt("RAS"), native)).astype(np.uint8)
     return np.ascontiguousarray(mask), img
+
+
+def vm_predictor(network: torch.nn.Module, ckpt_path: str | Path, guidance: str, divisible: int = 16,
+                 device: str | torch.device = "cpu") -> Callable[[Mapping[str, Any]], np.ndarray]:
+    """``predict(sample)`` for :func:`segment_volume`: the trained VM-Net (weights from ``ckpt_path``) on ``(f, G)``."""
+    from pipeline.paths import require_file
+
+    state = torch.load(require_file(ckpt_path, "trained VM-Net checkpoint"), map_location=device, weights_only=True)
+    network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    network.to(device).eval()
+
+    def _predict(sample: Mapping[str, Any]) -> np.ndarray:
+        return predict_mask(network, loader_samples([sample], guidance)[0], divisible, device)
+
+    return _predict
+
+
+def _markers_for(image: str, markers: str | Path) -> Path:
+    """The markers file of ``image``: ``markers`` itself, or ``<markers>/<stem>.csv|.mrk.json|.json``."""
+    from pipeline.inference import _stem
+
+    path = Path(markers).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        stem = _stem(Path(image))
+        for ext in (".csv", ".mrk.json", ".json"):
+            if (path / f"{stem}{ext}").is_file():
+                return path / f"{stem}{ext}"
+        raise FileNotFoundError(f"no markers file for {image} in {path} (expected {stem}.csv or {stem}.mrk.json)")
+    raise FileNotFoundError(f"markers {path} does not exist: pass --markers <file or folder>")
+
+
+def infer(input_path: str | Path, markers: str | Path, output_dir: str | Path,
+          predict: Callable[[Mapping[str, Any]], np.ndarray], slicer: SelectiveSlices, postfix: str = "selective",
+          markers_space: str | None = None, overwrite: bool = False) -> list[Path]:
+    """Segment every volume of ``input_path`` (a NIfTI file or folder) from its markers; write ``<stem>_<postfix>``.
+
+    ``markers`` is one markers file (for a single volume) or a folder with ``<stem>.csv`` / ``<stem>.mrk.json`` per
+    volume. Masks (uint8, 1 = object) have the input's shape and affine and are written atomically; existing masks
+    are refused before any work unless ``overwrite``.
+
+    Returns:
+        The written mask paths.
+    """
+    from pipeline.data._writing import atomic_write, nifti_image
+    from pipeline.inference import list_volumes, mask_path, plan_outputs
+
+    if markers is None or str(markers) == "":
+        raise ValueError("no markers given: pass --markers <CSV / .mrk.json file, or a folder of them>")
+    datalist = plan_outputs(list_volumes(input_path), output_dir, postfix, overwrite=overwrite)
+    if len(datalist) > 1 and Path(markers).is_file():
+        raise ValueError(f"{len(datalist)} volumes in {input_path} but one markers file {markers}: "
+                         "pass a folder with one markers file per volume")
+    written = []
+    for entry in tqdm(datalist, desc="selective inference", unit="volume"):
+        mask, img = segment_volume(entry["image"], _markers_for(entry["image"], markers), predict, slicer,
+                                   markers_space=markers_space)
+        target = mask_path(entry["image"], output_dir, postfix)
+        out = nifti_image(mask, img.affine, f"varseg selective mask of {Path(entry['image']).name}")
+        atomic_write(target.parent, target.name, lambda p, out=out: out.to_filename(str(p)))
+        logger.info("%s: %d voxels in %d slice(s) -> %s", entry["case"], int(mask.sum()),
+                    int(mask.any(axis=(0, 1)).sum()), target)
+        written.append(target)
+    return written
