@@ -128,7 +128,7 @@ class PerCaseMetrics:
 
 
 class TrainingCheckpoint:
-    """Save everything needed to resume training every ``interval`` epochs, and resume from it.
+    """Save everything needed to resume training every ``interval`` epochs and at the end, and resume from it.
 
     The checkpoint holds the model, optimizer, LR scheduler (when given) and the trainer's own state (epoch and
     iteration), so a resumed run continues where the last saved epoch ended. Only the newest checkpoint is kept
@@ -178,11 +178,20 @@ class TrainingCheckpoint:
                 CheckpointLoader(load_path=str(path), load_dict=save_dict, map_location="cpu").attach(engine)
         # ignite names a multi-object checkpoint "<prefix>_checkpoint_epoch=N.pt"; an empty prefix gives the
         # "checkpoint_epoch=N.pt" that latest() looks for
-        CheckpointSaver(
+        saver = CheckpointSaver(
             save_dir=str(self.save_dir), save_dict=save_dict, file_prefix="", save_interval=self.interval,
             n_saved=1, epoch_level=True,
-        ).attach(engine)
+        )
+        saver.attach(engine)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._remove_stale)
+
+        def _save_last(engine: Engine) -> None:
+            # the last epoch is always checkpointed, also when it is not a multiple of the interval
+            if engine.state.epoch % self.interval:
+                saver.interval_completed(engine)
+                self._remove_stale(engine)
+
+        engine.add_event_handler(Events.COMPLETED, _save_last)
 
     def _archive_previous(self) -> None:
         """Move the ``*.pt`` files of an earlier training to ``previous/<UTC time>/``: a new run never mixes with

@@ -8,7 +8,8 @@ its own MLflow run in the dataset's experiment (``varseg-lung`` or ``varseg-lits
 values) and gathers the overlay PNG of each method for the first test image, all logged as one more MLflow run
 (tag ``method = table``).
 
-Command line (further ``--key value`` pairs go to every bundle run, e.g. ``--max_epochs 100``)::
+Command line (further ``--key value`` pairs go to every bundle run, e.g. ``--max_epochs 100``; ``--output_dir`` is set
+per method to ``<eval-root>/<method>``)::
 
     python -m pipeline.selective_table lung [--methods m1 m2 m3 m4 tv elastica dip] [--out DIR] [--skip-train]
     python -m pipeline.selective_table lits
@@ -88,10 +89,10 @@ def _bundle_root(dataset: str) -> Path:
     return REPO / "bundles" / ("lung" if dataset == "lung" else "lits")
 
 
-def output_dir(dataset: str, method: str) -> Path:
-    """Where a method run of ``dataset`` writes its per-case CSVs and overlay."""
+def eval_root(dataset: str) -> Path:
+    """Default folder of the method outputs of ``dataset``: ``bundles/lung/eval`` or ``bundles/lits/eval/selective``."""
     root = _bundle_root(dataset) / "eval"
-    return root / method if dataset == "lung" else root / "selective" / method
+    return root if dataset == "lung" else root / "selective"
 
 
 def format_table(dataset: str, results: dict[str, dict[str, list[float]]], seconds: dict[str, float]) -> str:
@@ -118,29 +119,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.selective_table", description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", choices=["lung", "lits"], help="lung bundle or the LiTS bundle's selective mode")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--out", default=None, help="table folder (default bundles/<bundle>/eval/[selective/]table)")
+    parser.add_argument("--eval-root", default=None,
+                        help="folder of the per-method outputs (default bundles/lung/eval or bundles/lits/eval/selective)")
+    parser.add_argument("--out", default=None, help="table folder (default <eval-root>/table)")
     parser.add_argument("--skip-train", action="store_true", help="evaluate existing M1-M4 checkpoints only")
     args, overrides = parser.parse_known_args(argv)
     if len(overrides) % 2:
         parser.error(f"bundle overrides must be --key value pairs, got {overrides}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    out = Path(args.out) if args.out else output_dir(args.dataset, "table")
+    root = Path(args.eval_root) if args.eval_root else eval_root(args.dataset)
+    out = Path(args.out) if args.out else root / "table"
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, list[float]]] = {}
     seconds: dict[str, float] = {}
     for method in args.methods:
         start = time.time()
+        method_overrides = [*overrides, "--output_dir", str(root / method)]
         if method in TRAINED_METHODS:
             if not args.skip_train:
                 logger.info("%s: training", method)
-                _run_bundle(config_files(args.dataset, method, evaluate=False), overrides)
+                _run_bundle(config_files(args.dataset, method, evaluate=False), method_overrides)
             logger.info("%s: evaluating on the test images", method)
-            _run_bundle(config_files(args.dataset, method, evaluate=True), overrides)
+            _run_bundle(config_files(args.dataset, method, evaluate=True), method_overrides)
         else:
             logger.info("%s: validation, then each test image", method)
-            _run_bundle(config_files(args.dataset, method, evaluate=False), overrides)
+            _run_bundle(config_files(args.dataset, method, evaluate=False), method_overrides)
         seconds[method] = time.time() - start
-        results[method] = _read_test(output_dir(args.dataset, method) / "per_case_test_metrics.csv")
+        results[method] = _read_test(root / method / "per_case_test_metrics.csv")
         logger.info("%s: test Dice %.3f ± %.3f (%.0f s)", method, np.mean(results[method]["dice"]),
                     np.std(results[method]["dice"]), seconds[method])
     table = format_table(args.dataset, results, seconds)
@@ -156,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overlays = out / "overlays"
     overlays.mkdir(exist_ok=True)
     for method in results:
-        png = output_dir(args.dataset, method) / f"overlay_{method}.png"
+        png = root / method / f"overlay_{method}.png"
         if png.is_file():
             shutil.copy2(png, overlays / png.name)
     experiment = "varseg-lung" if args.dataset == "lung" else "varseg-lits-selective"
