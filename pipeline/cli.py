@@ -5,6 +5,7 @@ Bundles themselves run through ``python -m monai.bundle run --config_file bundle
     varseg runs [--experiment varseg-lits] [--last 5]   # where the runs are, their metrics, the UI command
     varseg ui [--port 5000]                             # serve the MLflow UI on 127.0.0.1
     varseg make-data {lits,lung,spect} OUT_DIR [--num-cases N] ...  # write synthetic phantoms in a dataset's layout
+    varseg infer {lits,lung,spect} --input PATH [--output DIR] ...  # batch inference (see python -m pipeline.batch)
 """
 
 from __future__ import annotations
@@ -64,7 +65,18 @@ def _make_data(args: argparse.Namespace) -> int:
     return int(generators[args.dataset](args.rest))
 
 
+def _infer(args: argparse.Namespace) -> int:
+    from pipeline import batch
+
+    return int(batch.main(args.rest, prog="varseg infer"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["infer"]:  # every other argument belongs to the batch command (its own --help included)
+        from pipeline import batch
+
+        return int(batch.main(argv[1:], prog="varseg infer"))
     parser = argparse.ArgumentParser(prog="varseg", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_runs = sub.add_parser("runs", help="list tracked runs and print the command that opens the MLflow UI")
@@ -79,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     p_data.add_argument("dataset", choices=["lits", "lung", "spect"], help="which dataset layout")
     p_data.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the generator (try --help)")
     p_data.set_defaults(func=_make_data)
+    p_infer = sub.add_parser("infer", help="batch inference with a bundle: masks, a per-case CSV, resumable",
+                             add_help=False)
+    p_infer.add_argument("rest", nargs=argparse.REMAINDER, help="<bundle> --input PATH ... (try --help)")
+    p_infer.set_defaults(func=_infer)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

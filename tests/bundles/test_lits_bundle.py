@@ -124,11 +124,17 @@ def test_inference_mask_has_input_shape_and_affine(trained, tmp_path):
     np.testing.assert_allclose(mask.affine, src.affine, atol=1e-4)
     values = np.unique(np.asarray(mask.dataobj))
     assert set(values.tolist()) <= {0, 1}
-    # a second run refuses to overwrite the mask
-    cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=trained["env"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    assert "already exist" in proc.stdout + proc.stderr
+    rows = (out / "cases.csv").read_text().splitlines()
+    assert rows[0].startswith("case,status,reason,volume_ml_lesion,runtime_s,quality") and rows[1].startswith(
+        "volume-0,done,")
+    client, runs = _runs(trained, "infer")
+    assert runs and all(r.info.status == "FINISHED" for r in runs)
+    assert runs[0].data.params["checkpoint"] == "model.pt" and runs[0].data.tags["status"] == "ok"
+    # a second run skips the existing mask (never overwrites it) and exits 0
+    stamp = (mask_file.stat().st_ino, mask_file.stat().st_mtime_ns)
+    proc = run_bundle(args, trained["env"])
+    assert "0 done, 1 skipped, 0 failed" in proc.stdout
+    assert (mask_file.stat().st_ino, mask_file.stat().st_mtime_ns) == stamp
 
 
 def test_inference_keeps_geometry_of_a_non_ras_folder_input(trained, tmp_path):

@@ -127,8 +127,11 @@ def test_inference_from_a_markers_file_keeps_geometry(workspace, m4, tmp_path):
     assert saved.shape == img.shape and np.allclose(saved.affine, img.affine)
     mask = np.asarray(saved.dataobj)
     assert set(np.unique(mask)) <= {0, 1} and mask.sum() == mask[:, :, z].sum()
-    with pytest.raises(AssertionError, match="already exist"):
-        run_bundle(args, workspace["env"])
+    # a second run skips the existing mask (never overwrites it) and exits 0
+    stamp = (out / "lung_004_0000_left_lung.nii.gz").stat().st_mtime_ns
+    proc = run_bundle(args, workspace["env"])
+    assert "0 done, 1 skipped, 0 failed" in proc.stdout
+    assert (out / "lung_004_0000_left_lung.nii.gz").stat().st_mtime_ns == stamp
 
 
 def test_table_command_writes_markdown_csv_and_a_run(workspace, tmp_path):

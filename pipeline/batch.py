@@ -1,0 +1,874 @@
+"""Batch inference for every bundle: many inputs in, one mask and one CSV row per case out, nothing lost.
+
+    python -m pipeline.batch <bundle> --input PATH [--layout auto] [--output DIR] [--markers FILE_OR_DIR]
+        [--markers-space RAS|LPS] [--overwrite] [--identify] [--no-mlflow] [--key value ...]
+
+(also ``varseg infer <bundle> ...`` and ``python -m monai.bundle run --config_file .../inference.json``).
+
+* **Inputs**: a file, a folder or a datalist, indexed by :func:`pipeline.layouts.index_inputs` (NIfTI, DICOM, MSD
+  ``dataset.json``, LiTS, BraTS, Learn2Reg layouts).
+* **Outputs**: ``<output>/<case>_<postfix>.nii.gz`` with the input's exact geometry, written atomically; an existing
+  mask is never overwritten without ``--overwrite`` (the case is *skipped*), so re-running a half-finished batch
+  finishes the rest. ``<output>/cases.csv`` (one row per case: ``case, status, reason, volume_ml_<label>...,
+  runtime_s, quality, mask``) is rewritten atomically after every case and keeps the rows of earlier runs.
+* **Failures**: a case that cannot be read or segmented is a ``failed`` row with a one-line reason; the batch goes
+  on. Exit code 0: every case done or skipped; 1: some case failed; 2: bad command line, missing checkpoint or
+  nothing to do (one line on stderr, no traceback).
+* **Privacy**: DICOM series are named by a pseudonym of their SeriesInstanceUID unless ``--identify``; their paths
+  are never logged, written to the CSV or to MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger("pipeline.batch")  # the same name when run as python -m pipeline.batch
+
+__all__ = [
+    "BatchError",
+    "BatchReport",
+    "CSV_COLUMNS",
+    "case_name",
+    "execute",
+    "main",
+    "mask_name",
+    "run_batch",
+    "run_from_config",
+]
+
+#: Leading CSV columns; ``volume_ml_<label>`` columns go between ``reason`` and ``runtime_s``.
+CSV_COLUMNS = ("case", "status", "reason", "runtime_s", "quality", "mask")
+VOLUME_PREFIX = "volume_ml_"
+_CASE_ERRORS = (ValueError, OSError, RuntimeError)
+_MARKER_EXTENSIONS = (".csv", ".mrk.json", ".json")
+_AFFINE_ATOL_MM = 1e-3
+# absolute paths, home/relative paths and anything with two separators (not "2D/3D")
+_PSEUDONYM = re.compile(r"dcm-[0-9a-f]{12}")
+_PATH_TOKEN = re.compile(r"(?:(?<![\w.~])(?:[A-Za-z]:|~|\.{1,2})?[/\\]|\S*[/\\]\S*[/\\])[^\s'\")]*")
+
+
+class BatchError(ValueError):
+    """A batch that cannot start (bad command line, missing checkpoint, nothing to do): exit code 2."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchReport:
+    """What one :func:`run_batch` call did.
+
+    Attributes:
+        output_dir: the mask folder.
+        csv_path: the per-case CSV (rows of earlier runs included).
+        rows: this run's rows, in input order (``case``, ``status``, ``reason``, volumes, ``runtime_s``, ...).
+    """
+
+    output_dir: Path
+    csv_path: Path
+    rows: list[dict[str, str]] = field(default_factory=list)
+
+    def _count(self, status: str) -> int:
+        return sum(1 for r in self.rows if r.get("status") == status)
+
+    @property
+    def done(self) -> int:
+        """Cases segmented in this run."""
+        return self._count("done")
+
+    @property
+    def skipped(self) -> int:
+        """Cases whose mask already existed."""
+        return self._count("skipped")
+
+    @property
+    def failed(self) -> int:
+        """Cases that failed."""
+        return self._count("failed")
+
+    @property
+    def failures(self) -> list[tuple[str, str]]:
+        """``(case, reason)`` of every failed case."""
+        return [(r["case"], r.get("reason", "")) for r in self.rows if r.get("status") == "failed"]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when no case failed, else 1."""
+        return 1 if self.failed else 0
+
+    def summary_line(self) -> str:
+        """``"N done, M skipped, K failed -> <output_dir>"``."""
+        return f"{self.done} done, {self.skipped} skipped, {self.failed} failed -> {self.output_dir}"
+
+    def summary(self) -> str:
+        """The summary line plus one ``case: reason`` line per failure."""
+        return "\n".join([self.summary_line()] + [f"  {case}: {reason}" for case, reason in self.failures])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Names, privacy
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _is_dicom(entry: Mapping[str, Any]) -> bool:
+    return str(entry.get("kind", "")).lower() == "dicom"
+
+
+def _safe_name(text: str) -> str:
+    name = re.sub(r"[\\/\x00-\x1f]+", "_", str(text)).strip()
+    return name if name not in ("", ".", "..") else "case"
+
+
+def _image_paths(entry: Mapping[str, Any]) -> list[Any]:
+    image = entry.get("image")
+    return list(image) if isinstance(image, (list, tuple)) else [image]
+
+
+def _stem(path: Any) -> str:
+    name = Path(str(path)).name
+    for ext in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".dcm"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def case_name(entry: Mapping[str, Any], identify: bool = False) -> str:
+    """The case name of an entry: its ``case`` (or image stem); a DICOM series' pseudonym unless ``identify``."""
+    if _is_dicom(entry) and not identify and entry.get("series_uid"):
+        from pipeline.volumes import pseudonym
+
+        uid = str(entry["series_uid"]).strip(" \x00")
+        return _safe_name(uid if _PSEUDONYM.fullmatch(uid) else pseudonym(uid))  # the selector may be the pseudonym
+    case = entry.get("case")
+    if not case:
+        if _is_dicom(entry) and not identify:
+            raise BatchError("a DICOM entry has neither a case pseudonym nor a series_uid")
+        case = _stem(_image_paths(entry)[0])
+    return _safe_name(str(case))
+
+
+def mask_name(case: str, postfix: str) -> str:
+    """The mask file name of a case: ``<case>_<postfix>.nii.gz``."""
+    return f"{case}_{postfix}.nii.gz" if postfix else f"{case}.nii.gz"
+
+
+def _private_names(entry: Mapping[str, Any]) -> list[str]:
+    """File and folder names of a DICOM entry that must never be shown (longest first)."""
+    names: set[str] = set()
+    for p in [*_image_paths(entry), entry.get("label")]:
+        if not p:
+            continue
+        path = Path(str(p))
+        names.update({str(p), str(path.expanduser()), path.name})
+        if path.suffix.lower() == ".dcm" or path.is_file():
+            names.add(path.parent.name)
+        try:
+            names.add(str(path.expanduser().resolve()))
+        except OSError:
+            pass
+    return sorted((n for n in names if len(n) >= 3), key=len, reverse=True)
+
+
+def _scrub(text: Any, entry: Mapping[str, Any], case: str, identify: bool) -> str:
+    """One line of ``text``; for a DICOM entry (unless ``identify``) paths and file names become the case name."""
+    line = _one_line(text)
+    if identify or not _is_dicom(entry):
+        return line
+    for name in _private_names(entry):
+        line = line.replace(name, case)
+    return _PATH_TOKEN.sub(f"<{case}>", line)
+
+
+def _describe(volume: Any) -> str:
+    affine = np.asarray(volume.affine, dtype=float)
+    spacing = tuple(round(float(s), 4) for s in volume.spacing)
+    origin = tuple(round(float(o), 3) for o in affine[:3, 3])
+    return f"shape {tuple(volume.array.shape)}, spacing {spacing}, origin {origin}"
+
+
+def _same_geometry(a: Any, b: Any) -> bool:
+    if tuple(a.array.shape) != tuple(b.array.shape):
+        return False
+    return bool(np.allclose(np.asarray(a.affine, float), np.asarray(b.affine, float), rtol=1e-5, atol=_AFFINE_ATOL_MM))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CSV
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _read_rows(path: Path) -> dict[str, dict[str, str]]:
+    if not path.is_file():
+        return {}
+    try:
+        with path.open(newline="") as fh:
+            return {row["case"]: dict(row) for row in csv.DictReader(fh) if row.get("case")}
+    except (OSError, csv.Error, KeyError, UnicodeDecodeError) as err:
+        logger.warning("cannot read the earlier %s (%s); it will be rewritten", path.name, _one_line(err))
+        return {}
+
+
+def _columns(rows: Sequence[Mapping[str, str]], volume_columns: Sequence[str]) -> list[str]:
+    seen_volumes = list(volume_columns)
+    extra: list[str] = []
+    for row in rows:
+        for key in row:
+            if key.startswith(VOLUME_PREFIX):
+                if key not in seen_volumes:
+                    seen_volumes.append(key)
+            elif key not in CSV_COLUMNS and key not in extra:
+                extra.append(key)
+    fixed = [k for k in seen_volumes if k in volume_columns]
+    others = sorted((k for k in seen_volumes if k not in volume_columns), key=_volume_sort_key)
+    return ["case", "status", "reason", *fixed, *others, "runtime_s", "quality", "mask", *extra]
+
+
+def _volume_sort_key(column: str) -> tuple[int, str]:
+    suffix = column[len(VOLUME_PREFIX):]
+    return (int(suffix), "") if suffix.isdigit() else (10**9, suffix)
+
+
+def _write_rows(path: Path, rows: Sequence[Mapping[str, str]], volume_columns: Sequence[str]) -> None:
+    """Write the CSV atomically (temporary file in the same folder, then rename)."""
+    columns = _columns(rows, volume_columns)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: row.get(k, "") for k in columns})
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save_rows(path: Path, rows: Sequence[Mapping[str, str]], volume_columns: Sequence[str]) -> None:
+    """:func:`_write_rows`, with a write failure (e.g. a full disk) logged instead of stopping the batch."""
+    try:
+        _write_rows(path, rows, volume_columns)
+    except OSError as err:
+        logger.warning("cannot write %s (%s); it is written again after the next case", path.name, _one_line(err))
+
+
+def _clean_csv_temporaries(folder: Path, csv_name: str) -> list[Path]:
+    removed = []
+    for p in folder.glob(f".{csv_name}.*.tmp"):
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tracking (optional, never fatal)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _SafeTracker:
+    """Wraps a tracker so that an MLflow problem is logged once and never stops the batch."""
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker
+        self.broken = tracker is None
+
+    def __call__(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self.broken:
+            return None
+        try:
+            return getattr(self.tracker, method)(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - tracking must not lose work
+            self.broken = True
+            logger.warning("MLflow tracking stopped (%s: %s); the batch goes on without it", type(err).__name__,
+                           _one_line(err)[:300])
+            return None
+
+
+def _sha256_prefix(path: str | Path, length: int = 12) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:length]
+
+
+def make_tracker(bundle: str, *, experiment_name: str | None = None, params: Mapping[str, Any] | None = None,
+                 tags: Mapping[str, Any] | None = None) -> Any:
+    """An :class:`pipeline.tracking.MLflowTracker` for one batch run (no merged config: it may hold DICOM paths)."""
+    from pipeline.tracking import MLflowTracker, make_run_name
+
+    return MLflowTracker(experiment_name=experiment_name or f"varseg-{bundle}", run_name=make_run_name(bundle, "infer"),
+                         bundle=bundle, params=dict(params or {}), tags={"workflow": "infer", **dict(tags or {})},
+                         log_config=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One case
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _labels_list(labels: Mapping[Any, Any] | Sequence[int] | None) -> tuple[list[int] | None, dict[int, str]]:
+    if labels is None:
+        return None, {}
+    if isinstance(labels, Mapping):
+        names = {int(k): str(v) for k, v in labels.items()}
+        return sorted(names), names
+    values = [int(v) for v in labels]
+    return values, {v: str(v) for v in values}
+
+
+def _markers_for_case(markers: Path, entry: Mapping[str, Any], case: str, identify: bool) -> Path:
+    from pipeline.volumes import CaseError
+
+    if markers.is_file():
+        return markers
+    stems = [case]
+    if not _is_dicom(entry) or identify:
+        stems += [_stem(p) for p in _image_paths(entry) if p]
+    for stem in dict.fromkeys(stems):
+        for ext in _MARKER_EXTENSIONS:
+            candidate = markers / f"{stem}{ext}"
+            if candidate.is_file():
+                return candidate
+    raise CaseError(f"no markers file {case}.csv or {case}.mrk.json in {markers}")
+
+
+def _read_case(entry: Mapping[str, Any], case: str, identify: bool) -> tuple[Any, list[Any]]:
+    """Read an entry's volume(s); check the modalities share one geometry and the label matches it."""
+    from pipeline.volumes import CaseError, read_volume
+
+    images = _image_paths(entry)
+    modalities = entry.get("modalities") or []
+    names = [str(m) for m in modalities] if len(modalities) == len(images) else [f"#{i}" for i in range(len(images))]
+    missing = [names[i] for i, p in enumerate(images) if not p or not Path(str(p)).exists()]
+    if missing and len(images) > 1:
+        raise CaseError(f"missing modality {', '.join(missing)}")
+    if not images or not images[0]:
+        raise CaseError("the entry has no image")
+    uid = entry.get("series_uid") if len(images) == 1 else None
+    volumes = [read_volume(p, series_uid=uid, identify=identify) for p in images]
+    first = volumes[0]
+    for name, path, vol in zip(names[1:], images[1:], volumes[1:]):
+        if not _same_geometry(first, vol):
+            raise CaseError(f"modality {name} ({path}: {_describe(vol)}) does not share the geometry of "
+                            f"{images[0]} ({_describe(first)})")
+    label = entry.get("label")
+    if label:
+        lab = read_volume(label, identify=identify)
+        if not _same_geometry(first, lab):
+            raise CaseError(f"label geometry does not match its image: {label} ({_describe(lab)}) vs "
+                            f"{images[0]} ({_describe(first)})")
+    return (volumes if isinstance(entry.get("image"), (list, tuple)) else first), volumes
+
+
+def _volume_cells(mask: np.ndarray, spacing: Sequence[float], labels: list[int] | None,
+                  names: Mapping[int, str]) -> dict[str, str]:
+    from pipeline.volumes import label_volumes_ml
+
+    volumes = label_volumes_ml(mask, spacing, labels)
+    return {f"{VOLUME_PREFIX}{names.get(int(k), str(int(k)))}": f"{float(v):.3f}" for k, v in volumes.items()
+            if int(k) != 0}
+
+
+def _existing_mask_cells(path: Path, labels: list[int] | None, names: Mapping[int, str]) -> dict[str, str]:
+    """Volumes of an already written mask (a mask written just before a kill has no CSV row yet)."""
+    try:
+        import SimpleITK as sitk
+
+        image = sitk.ReadImage(str(path))
+        return _volume_cells(sitk.GetArrayFromImage(image), image.GetSpacing(), labels, names)
+    except Exception as err:  # noqa: BLE001 - only numbers for the CSV
+        logger.debug("cannot measure the existing mask %s: %s", path.name, err)
+        return {}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The runner
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run_batch(
+    entries: Sequence[Mapping[str, Any]],
+    predict: Callable[[Any, Mapping[str, Any]], np.ndarray],
+    output_dir: str | Path,
+    postfix: str,
+    *,
+    overwrite: bool = False,
+    csv_name: str = "cases.csv",
+    labels: Mapping[Any, Any] | Sequence[int] | None = None,
+    identify: bool = False,
+    progress: bool = True,
+    tracker: Any = None,
+    markers: str | Path | None = None,
+) -> BatchReport:
+    """Segment every entry, one mask and one CSV row per case; failures are rows, never crashes.
+
+    Per entry (a dict from :func:`pipeline.layouts.index_inputs`): when ``<output_dir>/<case>_<postfix>.nii.gz``
+    exists and not ``overwrite`` the case is ``skipped`` (numbers kept from the earlier CSV row); otherwise its
+    image(s) are read (:func:`pipeline.volumes.read_volume`; a list of images = modalities sharing one geometry), a
+    ``label`` must match that geometry, ``predict(volume_or_volumes, entry)`` gives a mask of the first volume's
+    shape in its own voxel order, and :func:`pipeline.volumes.write_mask` writes it atomically in the input's
+    geometry. ``ValueError``/``OSError``/``RuntimeError`` (``CaseError`` included) make the case ``failed`` with a
+    one-line reason (logged as a warning, no traceback); any other exception fails it as ``internal error``.
+    ``KeyboardInterrupt`` stops the batch after the CSV is saved (the running case has no mask; a re-run does it).
+
+    Args:
+        entries: the datalist.
+        predict: ``predict(volume_or_volumes, entry) -> mask``; the entry passed has ``case`` and, with
+            ``markers``, ``markers`` (the case's markers file).
+        output_dir: mask folder (created); leftover temporary files in it are removed first.
+        postfix: mask name postfix.
+        overwrite: replace existing masks.
+        csv_name: per-case CSV in ``output_dir``, rewritten after every case, rows of earlier runs kept.
+        labels: label values to measure (a list, or ``{value: name}`` for ``volume_ml_<name>`` columns); None:
+            every non-zero label found.
+        identify: use DICOM-derived names instead of pseudonyms.
+        progress: show a progress bar.
+        tracker: optional :class:`pipeline.tracking.MLflowTracker`-like object; the run is opened if needed, gets
+            the counts, a ``status`` tag and the CSV, and is closed.
+        markers: a markers file (one input) or a folder of ``<case>.csv`` / ``<case>.mrk.json`` files.
+
+    Returns:
+        The :class:`BatchReport`.
+
+    Raises:
+        BatchError: two inputs map to the same mask name, no entries, or unusable ``markers``.
+        KeyboardInterrupt: re-raised after saving the CSV.
+    """
+    from tqdm import tqdm
+
+    from pipeline.volumes import clean_stale_temporaries, write_mask
+
+    entries = list(entries)
+    if not entries:
+        raise BatchError("nothing to do: no input case")
+    out = Path(output_dir).expanduser()
+    label_values, label_names = _labels_list(labels)
+    volume_columns = [f"{VOLUME_PREFIX}{label_names[v]}" for v in (label_values or [])]
+    cases = [case_name(e, identify) for e in entries]
+    targets: dict[str, int] = {}
+    for i, case in enumerate(cases):
+        name = mask_name(case, postfix)
+        if name in targets:
+            raise BatchError(f"inputs {targets[name] + 1} and {i + 1} (case {case}) would both write {name}: "
+                             "rename one input or segment them in separate batches")
+        targets[name] = i
+    markers_path = Path(markers).expanduser() if markers not in (None, "") else None
+    if markers_path is not None:
+        if not markers_path.exists():
+            raise BatchError(f"markers {markers_path} do not exist: pass --markers <file or folder>")
+        if markers_path.is_file() and len(entries) > 1:
+            raise BatchError(f"{len(entries)} inputs but one markers file {markers_path}: pass a folder with one "
+                             "<case>.csv or <case>.mrk.json per input")
+    elif getattr(predict, "needs_markers", False):
+        raise BatchError("no markers given: pass --markers <CSV / .mrk.json file, or a folder of them>")
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / csv_name
+    stale = list(clean_stale_temporaries(out) or []) + _clean_csv_temporaries(out, csv_name)
+    if stale:
+        logger.info("removed %d leftover temporary file(s) of an interrupted run in %s", len(stale), out)
+    merged = _read_rows(csv_path)
+    report = BatchReport(output_dir=out, csv_path=csv_path)
+    track = _SafeTracker(tracker)
+    track("start_run")
+    track("log_params", {"num_inputs": len(entries)})
+    bar = tqdm(total=len(entries), desc="inference", unit="case", disable=not progress, dynamic_ncols=True)
+    status = "FINISHED"
+    try:
+        for entry, case in zip(entries, cases):
+            bar.set_postfix_str(case, refresh=False)
+            row = _run_case(entry, case, predict, out, postfix, overwrite, identify, label_values, label_names,
+                            merged.get(case), markers_path, write_mask)
+            report.rows.append(row)
+            merged[case] = row
+            _save_rows(csv_path, list(merged.values()), volume_columns)
+            bar.update(1)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        logger.warning("interrupted: %d of %d case(s) handled; re-run the same command to finish the rest",
+                       len(report.rows), len(entries))
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        bar.close()
+        track("log_params", {"num_done": report.done, "num_skipped": report.skipped, "num_failed": report.failed})
+        track("log_metrics", {"cases_done": report.done, "cases_skipped": report.skipped,
+                              "cases_failed": report.failed})
+        tag = {"FINISHED": "some cases failed" if report.failed else "ok", "KILLED": "interrupted"}.get(status, "error")
+        track("set_tag", "status", tag)
+        if csv_path.is_file():
+            track("log_artifact", csv_path)
+        track("end_run", status)
+    logger.info(report.summary_line())
+    for failed_case, reason in report.failures:
+        logger.info("failed %s: %s", failed_case, reason)
+    print(report.summary(), flush=True)
+    return report
+
+
+def _run_case(entry: Mapping[str, Any], case: str, predict: Callable[..., np.ndarray], out: Path, postfix: str,
+              overwrite: bool, identify: bool, label_values: list[int] | None, label_names: Mapping[int, str],
+              previous: Mapping[str, str] | None, markers: Path | None,
+              write_mask: Callable[..., Path]) -> dict[str, str]:
+    target = out / mask_name(case, postfix)
+    row: dict[str, str] = {"case": case, "mask": target.name, "quality": ""}
+    if target.exists() and not overwrite:
+        if previous:
+            row.update({k: v for k, v in previous.items() if k.startswith(VOLUME_PREFIX)})
+            row.update(runtime_s=previous.get("runtime_s", ""), quality=previous.get("quality", ""))
+            row.update({k: v for k, v in previous.items() if k not in row and k not in CSV_COLUMNS})
+        else:
+            row.update(_existing_mask_cells(target, label_values, label_names))
+        row.update(status="skipped", reason="output exists")
+        logger.info("%s: skipped (output exists)", case)
+        return row
+    start = time.perf_counter()
+    try:
+        item = dict(entry, case=case)
+        if markers is not None:
+            item["markers"] = str(_markers_for_case(markers, entry, case, identify))
+        volume, volumes = _read_case(entry, case, identify)
+        first = volumes[0]
+        mask = np.asarray(predict(volume, item))
+        if tuple(mask.shape) != tuple(first.array.shape):
+            raise RuntimeError(f"the prediction has shape {tuple(mask.shape)}, the image "
+                               f"{tuple(first.array.shape)}")
+        write_mask(mask, first, target, overwrite=overwrite)
+        row.update(_volume_cells(mask, first.spacing, label_values, label_names))
+        row.update(status="done", reason="", runtime_s=f"{time.perf_counter() - start:.2f}")
+        logger.info("%s: done in %.1f s -> %s", case, time.perf_counter() - start, target.name)
+    except _CASE_ERRORS as err:  # CaseError is a ValueError
+        row.update(status="failed", reason=_scrub(err, entry, case, identify) or type(err).__name__)
+    except Exception as err:  # noqa: BLE001 - an unexpected error fails this case, not the batch
+        detail = _scrub(err, entry, case, identify)
+        row.update(status="failed", reason=f"internal error: {type(err).__name__}: {detail}")
+        if identify or not _is_dicom(entry):
+            logger.debug("%s: traceback of the internal error", case, exc_info=True)
+    if row["status"] == "failed":
+        row.update(runtime_s=f"{time.perf_counter() - start:.2f}", mask="")
+        logger.warning("%s: failed: %s", case, row["reason"])
+    return row
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# From a config or the command line
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _error(message: Any) -> int:
+    print(f"error: {_one_line(message)}", file=sys.stderr, flush=True)
+    return 2
+
+
+def execute(
+    bundle: str,
+    input_path: str | Path | None,
+    output_dir: str | Path | None,
+    postfix: str,
+    predictor: Callable[[Any, Mapping[str, Any]], np.ndarray],
+    *,
+    ckpt_path: str | Path | None = None,
+    ckpt_hint: str = "",
+    layout: str = "auto",
+    modalities: Sequence[str] | None = None,
+    markers: str | Path | None = None,
+    overwrite: bool = False,
+    identify: bool = False,
+    labels: Mapping[Any, Any] | Sequence[int] | None = None,
+    csv_name: str = "cases.csv",
+    mlflow: bool = True,
+    experiment_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> int:
+    """Check the checkpoint, index the inputs, load the model, run the batch (tracked), return the exit code.
+
+    Problems before the first case (no input, missing/unloadable checkpoint, unreadable layout, duplicate output
+    names) print one ``error: ...`` line on stderr and return 2; otherwise the code of :class:`BatchReport`.
+    ``KeyboardInterrupt`` is re-raised after the CSV is saved.
+    """
+    from pipeline.layouts import index_inputs
+
+    try:
+        if input_path is None or str(input_path).strip() == "":
+            raise BatchError("no input given: pass --input <file, folder or datalist>")
+        if output_dir is None or str(output_dir).strip() == "":
+            raise BatchError("no output folder given: pass --output <folder>")
+        if ckpt_path is not None and not Path(ckpt_path).is_file():
+            hint = f" ({ckpt_hint})" if ckpt_hint else ""
+            raise BatchError(f"checkpoint {ckpt_path} not found{hint}")
+        entries = index_inputs(str(input_path), layout or "auto", modalities=list(modalities) if modalities else None,
+                               identify=identify)
+        if not entries:
+            raise BatchError(f"nothing to do: no input case found in {input_path}")
+        if hasattr(predictor, "load"):
+            try:
+                predictor.load()
+            except (OSError, RuntimeError, ValueError, KeyError) as err:
+                raise BatchError(f"cannot load the model: {_one_line(err)}") from None
+    except (BatchError, ValueError, OSError, RuntimeError) as err:
+        return _error(err)
+    dicom = any(_is_dicom(e) for e in entries)
+    tracker = None
+    if mlflow:
+        params: dict[str, Any] = {"bundle": bundle, "postfix": postfix, "overwrite": bool(overwrite),
+                                  "identify": bool(identify), "layout": layout or "auto", "csv_name": csv_name}
+        if ckpt_path is not None:
+            params["checkpoint"] = Path(ckpt_path).name
+            params["checkpoint_sha256"] = _sha256_prefix(ckpt_path)
+        if not dicom:
+            params["input"] = str(Path(str(input_path)).expanduser().resolve())
+        try:
+            tracker = make_tracker(bundle, experiment_name=experiment_name, params=params,
+                                   tags={**dict(tags or {}), "inputs": "dicom" if dicom else "files"})
+        except Exception as err:  # noqa: BLE001 - tracking is optional
+            logger.warning("MLflow tracking is off: %s", _one_line(err))
+    try:
+        report = run_batch(entries, predictor, output_dir, postfix, overwrite=overwrite, csv_name=csv_name,
+                           labels=labels, identify=identify, progress=progress, tracker=tracker, markers=markers)
+    except BatchError as err:
+        if tracker is not None:
+            _SafeTracker(tracker)("end_run", "FAILED")
+        return _error(err)
+    return report.exit_code
+
+
+def run_from_config(
+    bundle: str,
+    input_path: str | Path | None,
+    output_dir: str | Path | None,
+    postfix: str,
+    predictor: Callable[[Any, Mapping[str, Any]], np.ndarray],
+    **kwargs: Any,
+) -> int:
+    """:func:`execute` for a bundle's ``inference.json`` ``run`` section; a non-zero code exits the process.
+
+    Raises:
+        SystemExit: with code 1 (some case failed), 2 (bad input / checkpoint) or 130 (interrupted).
+    """
+    kwargs.setdefault("labels", None)
+    if kwargs.get("labels") is not None and isinstance(kwargs["labels"], Mapping):
+        kwargs["labels"] = {int(k): str(v) for k, v in kwargs["labels"].items()}
+    try:
+        code = execute(bundle, input_path, output_dir, postfix, predictor, **kwargs)
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to finish the remaining cases", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    if code:
+        raise SystemExit(code)
+    return code
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one clear line, exit 2
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, ValueError):
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
+
+
+def _parse_overrides(rest: Sequence[str]) -> dict[str, Any]:
+    """``--key value`` / ``--key=value`` pairs of config overrides."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    rest = list(rest)
+    while i < len(rest):
+        token = rest[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise BatchError(f"unexpected argument {token!r}: config overrides are --key value pairs")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(rest) or (rest[i + 1].startswith("--") and len(rest[i + 1]) > 2):
+                raise BatchError(f"config override --{key} has no value")
+            value = rest[i + 1]
+            i += 2
+        overrides[key] = _parse_value(value)
+    return overrides
+
+
+def _config_files(bundle: str, method: Any = None) -> list[str]:
+    """The config files of a bundle's inference: ``inference.json``, after ``train.json`` (and the method file)
+    when it is not standalone (lung)."""
+    from pipeline.paths import bundle_root
+
+    try:
+        configs = Path(bundle_root(bundle)) / "configs"
+    except FileNotFoundError as err:
+        raise BatchError(str(err)) from None
+    inference = configs / "inference.json"
+    if not inference.is_file():
+        raise BatchError(f"bundle '{bundle}' has no configs/inference.json")
+    try:
+        content = json.loads(inference.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise BatchError(f"{inference}: {_one_line(err)}") from None
+    if "bundle" in content:
+        return [str(inference)]
+    files = [str(configs / "train.json")]
+    if method and (configs / "methods" / f"{method}.json").is_file():
+        files.append(str(configs / "methods" / f"{method}.json"))
+    return files + [str(inference)]
+
+
+def _build_parser(prog: str = "python -m pipeline.batch") -> _ArgumentParser:
+    parser = _ArgumentParser(
+        prog=prog,
+        allow_abbrev=False,  # --out must stay a config override, not an abbreviation of --output
+        description="Segment a file, a folder or a datalist with a bundle; masks in the inputs' geometry, a per-case "
+                    "CSV, resumable. Exit code 0: all cases done or skipped, 1: some case failed, 2: bad command "
+                    "line, missing checkpoint or nothing to do.",
+        epilog="Any other --key value pair overrides the bundle's inference config (e.g. --ckpt_path m.pt "
+               "--features 4 --method mode4).")
+    parser.add_argument("bundle", help="bundle name (lits, lung, spect)")
+    parser.add_argument("--input", required=True, help="a file, a folder, or a JSON datalist")
+    parser.add_argument("--layout", default="auto", help="input layout (default: auto)")
+    parser.add_argument("--output", default=None, help="mask folder (default: the config's output)")
+    parser.add_argument("--markers", default=None, help="markers file, or a folder of <case>.csv / .mrk.json")
+    parser.add_argument("--markers-space", default=None, type=str.upper, choices=["RAS", "LPS", "VOXEL"],
+                        help="coordinates of CSV x,y,z markers")
+    parser.add_argument("--modalities", nargs="+", default=None, help="modalities to read (multi-modal layouts)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing masks")
+    parser.add_argument("--identify", action="store_true",
+                        help="name DICOM cases after their series instead of a pseudonym")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log the batch to MLflow")
+    parser.add_argument("--csv-name", default=None, help="per-case CSV name in the output folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.batch") -> int:
+    """Command line: build the bundle's predictor from its inference config and run the batch; returns the exit code.
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``): ``<bundle> --input PATH [options] [--key value ...]``.
+        prog: program name shown in usage and error messages.
+    """
+    parser = _build_parser(prog)
+    try:
+        args, rest = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:  # --help (0) or a usage error (2, already printed)
+        return int(exc.code or 0)
+    try:
+        overrides = _parse_overrides(rest)
+        files = _config_files(args.bundle, overrides.get("method"))
+    except BatchError as err:
+        return _error(err)
+    from monai.bundle import ConfigParser
+
+    config = ConfigParser()
+    try:
+        config.read_config(files if len(files) > 1 else files[0])
+        for key, value in overrides.items():
+            config[key] = value
+        config["input"] = args.input
+        if args.output is not None:
+            config["output"] = args.output
+        config["overwrite"] = bool(args.overwrite)
+        config["identify"] = bool(args.identify)
+        if args.markers is not None:
+            config["markers"] = args.markers
+        if args.markers_space is not None:
+            config["markers_space"] = "voxel" if args.markers_space == "VOXEL" else args.markers_space
+        if "num_threads" in config:
+            import torch
+
+            torch.set_num_threads(int(config.get_parsed_content("num_threads")))
+        bundle = str(config.get_parsed_content("bundle")) if "bundle" in config else args.bundle
+        output = config.get_parsed_content("output")
+        postfix = str(config.get_parsed_content("output_postfix"))
+        ckpt_path = config.get_parsed_content("ckpt_path") if "ckpt_path" in config else None
+        ckpt_hint = str(config.get_parsed_content("ckpt_hint")) if "ckpt_hint" in config else ""
+        labels = config.get_parsed_content("labels") if "labels" in config else None
+        csv_name = args.csv_name or (str(config.get_parsed_content("csv_name")) if "csv_name" in config
+                                     else "cases.csv")
+        experiment = str(config.get_parsed_content("experiment_name")) if "experiment_name" in config else None
+        method = config.get_parsed_content("method") if "method" in config else None
+        markers = args.markers if args.markers is not None else (
+            config.get_parsed_content("markers") if "markers" in config else None)
+    except Exception as err:  # noqa: BLE001 - a bad override or config value is a command-line error
+        return _error(f"bundle {args.bundle}: bad configuration ({type(err).__name__}: {_one_line(err)[:500]})")
+    if ckpt_path is not None and not Path(str(ckpt_path)).is_file():
+        return _error(f"checkpoint {ckpt_path} not found" + (f" ({ckpt_hint})" if ckpt_hint else ""))
+    try:
+        predictor = config.get_parsed_content("predictor")
+    except Exception as err:  # noqa: BLE001
+        return _error(f"bundle {args.bundle}: cannot build the predictor ({type(err).__name__}: "
+                      f"{_one_line(err)[:500]})")
+    if isinstance(labels, Mapping):
+        labels = {int(k): str(v) for k, v in labels.items()}
+    previous = _terminate_as_interrupt()
+    try:
+        return execute(bundle, args.input, output, postfix, predictor, ckpt_path=ckpt_path, ckpt_hint=ckpt_hint,
+                       layout=args.layout, modalities=args.modalities, markers=markers, overwrite=args.overwrite,
+                       identify=args.identify, labels=labels, csv_name=csv_name, mlflow=not args.no_mlflow,
+                       experiment_name=experiment, tags={"method": method} if method else None,
+                       progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to finish the remaining cases", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_as_interrupt() -> Any:
+    """Make SIGTERM (``kill``) stop the batch like Ctrl-C: CSV saved, MLflow run KILLED. Returns the old handler."""
+
+    def _handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, _handler)
+    except ValueError:  # not in the main thread
+        return None
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(main())
