@@ -331,11 +331,30 @@ class SelectiveTrainer(SupervisedTrainer):
     * with a DIP-Net: ``loss_function(u_vm, u_dip, fitting, geodesic)`` (:class:`losses.DIPSelectiveLoss`, eq. 2);
     * without: ``loss_function(u_vm, fitting, geodesic, edge)`` (:class:`losses.SelectiveLoss`, eq. 3).
 
+    With ``flip_augmentation``, each epoch flips every training sample at random along each image axis (the
+    VM-Net input and the maps ``Φ``, ``D_G``, ``g`` alike, and the DIP output by the same flips before the
+    Hadamard product), so the VM-Net cannot learn where the object lies in the two training images, only how the
+    clicks, the image and the guidance relate. Off by default (the paper does not augment).
+
     The iteration output carries ``pred`` = ``u_vm`` and the loss components (``fitting``, ``geodesic``,
     ``regulariser`` or ``coupling``) for logging. Everything else is MONAI's ``SupervisedTrainer``.
     """
 
     component_names = ("fitting", "geodesic", "regulariser", "coupling")
+    augmented_keys = ("input", "fitting", "geodesic", "edge")
+
+    def __init__(self, *args: Any, flip_augmentation: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.flip_augmentation = bool(flip_augmentation)
+
+    @staticmethod
+    def _flip(t: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+        """Flip sample ``b`` of ``t`` (B, C, H, W) along H where ``flags[b, 0]`` and along W where ``flags[b, 1]``."""
+        out = []
+        for b in range(t.shape[0]):
+            dims = [axis + 2 for axis in range(2) if bool(flags[b, axis])]
+            out.append(torch.flip(t[b:b + 1], dims) if dims else t[b:b + 1])
+        return torch.cat(out, dim=0)
 
     def _iteration(self, engine: SelectiveTrainer, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
         if batchdata is None:
@@ -347,8 +366,14 @@ class SelectiveTrainer(SupervisedTrainer):
         engine.state.output = {Keys.IMAGE: batch["input"], Keys.LABEL: batch["label"]}
         pair.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        flags = None
+        if engine.flip_augmentation:  # same random flips of the VM-Net input, the maps and the DIP output
+            flags = torch.randint(0, 2, (batch["input"].shape[0], 2), dtype=torch.bool)
+            batch.update({k: engine._flip(batch[k], flags) for k in engine.augmented_keys})
         out = pair(batch["input"], batch["index"] if pair.dip_net is not None else None)
-        engine.state.output[Keys.PRED] = out["u_vm"]
+        if flags is not None and out["u_dip"] is not None:
+            out["u_dip"] = engine._flip(out["u_dip"], flags)
+        engine.state.output[Keys.PRED] = out["u_vm"] if flags is None else engine._flip(out["u_vm"], flags)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         if pair.dip_net is not None:
             loss = engine.loss_function(out["u_vm"], out["u_dip"], batch["fitting"], batch["geodesic"])

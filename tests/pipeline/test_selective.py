@@ -235,3 +235,50 @@ def test_volume_inference_rejects_bad_inputs(lung_dir, tmp_path):
         segment_volume(flat, outside, _predict_by_distance, SelectiveSlices(progress=False))
     with pytest.raises(ValueError, match="no markers"):
         infer(image, "", tmp_path / "o", _predict_by_distance, SelectiveSlices(progress=False))
+
+
+def test_flip_augmentation_flips_the_maps_per_epoch_and_keeps_the_batch():
+    """With flip_augmentation the loss sees the maps under random flips; the stored training batch is untouched."""
+    import losses
+    import networks
+    from pipeline.selective import SelectiveTrainer
+
+    t = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    flags = torch.tensor([[True, False], [True, True]])
+    flipped = SelectiveTrainer._flip(t, flags)
+    assert torch.equal(flipped[0], torch.flip(t[0], [1]))  # H of sample 0
+    assert torch.equal(flipped[1], torch.flip(t[1], [1, 2]))  # H and W of sample 1
+    assert torch.equal(SelectiveTrainer._flip(flipped, flags), t)  # an involution
+
+    hu, obj = _disc_slice(size=32, radius=7.0, centre=(12.0, 20.0))
+    sample = SelectiveSlices(window=(-1000, 200), num_clicks=4, seed=0, progress=False).from_slice(hu, obj)
+    batch = TrainingBatch(loader_samples([sample], "geodesic"), divisible=4)
+    seen: dict[str, torch.Tensor] = {}
+
+    class Recorder(losses.DIPSelectiveLoss):
+        def forward(self, u_vm, u_dip, fitting, distance):  # noqa: D102 - records what the trainer passes
+            seen.update(u_dip=u_dip.detach().clone(), fitting=fitting.detach().clone())
+            return super().forward(u_vm, u_dip, fitting, distance)
+
+    torch.manual_seed(3)
+    pair = networks.SelectivePair(networks.VMNet(features=4, levels=2),
+                                  networks.DIPNet(1, batch.shape, features=4, levels=2, seed=0))
+    trainer = SelectiveTrainer(device=torch.device("cpu"), max_epochs=6, train_data_loader=batch, epoch_length=1,
+                               network=pair, optimizer=torch.optim.Adam(pair.parameters(), lr=1e-3),
+                               loss_function=Recorder(), flip_augmentation=True)
+    original = batch.batch["fitting"].clone()
+    fittings = []
+
+    def _record(engine):
+        fittings.append(seen["fitting"])
+
+    from ignite.engine import Events
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, _record)
+    trainer.run()
+    variants = {tuple(f.flatten()[:8].tolist()) for f in fittings}
+    assert len(variants) > 1  # the maps were flipped in some epochs and not in others
+    for f in fittings:  # every recorded map is the original under one of the four flips
+        assert any(torch.equal(f, torch.flip(original, dims)) if dims else torch.equal(f, original)
+                   for dims in ([], [2], [3], [2, 3]))
+    assert torch.equal(batch.batch["fitting"], original)  # the stored batch itself is never modified
