@@ -2,7 +2,9 @@
 
 Runs, in order: ``m1`` .. ``m4`` (train on 2 images with ``methods/mN.json``, then evaluate the best-validation
 checkpoint on the test images with ``evaluate.json``) and the per-image ``tv``, ``elastica`` and ``dip`` methods
-(``methods/<name>.json``: setting chosen on the validation images, then applied to each test image). Each step is
+(``methods/<name>.json``: setting chosen on the validation images, then applied to each test image). A trained
+method whose config lists several ``restart_seeds`` is trained once per seed and the restart with the best
+validation Dice is kept (:func:`train_with_restarts`). Each step is
 its own MLflow run in the dataset's experiment (``varseg-lung`` or ``varseg-lits-selective``). Then writes
 ``selective_table.md`` and ``selective_table.csv`` (test Dice / Jaccard mean ± std per method, next to the paper's
 values) and gathers the overlay PNG of each method for the first test image, all logged as one more MLflow run
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import shutil
 import subprocess
@@ -26,8 +29,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from pipeline.selective import METHODS, TRAINED_METHODS
 from pipeline.tracking import MLflowTracker, make_run_name
@@ -76,6 +81,74 @@ def _run_bundle(files: Sequence[str], overrides: Sequence[str]) -> float:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return time.time() - start
+
+
+def _override_dict(overrides: Sequence[str]) -> dict[str, object]:
+    """``--key value`` pairs as a config-override dict (JSON values parsed, anything else kept as text)."""
+    out: dict[str, object] = {}
+    for key, value in zip(overrides[::2], overrides[1::2]):
+        try:
+            out[key.lstrip("-")] = json.loads(value)
+        except ValueError:
+            out[key.lstrip("-")] = value
+    return out
+
+
+def _parser(files: Sequence[str], overrides: Sequence[str]) -> Any:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(list(files))
+    parser.update(_override_dict(overrides))
+    return parser
+
+
+def validation_dice(files: Sequence[str], overrides: Sequence[str], ckpt_path: str | Path) -> float:
+    """Mean Dice of the VM-Net checkpoint ``ckpt_path`` on the validation images of the merged config."""
+    from pipeline.selective import dice_jaccard, loader_samples, predict_mask
+
+    parser = _parser(files, overrides)
+    network = parser.get_parsed_content("network_def")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    samples = loader_samples(parser.get_parsed_content("slicer")(parser.get_parsed_content("split")["val"]),
+                             parser.get_parsed_content("guidance"))
+    divisible = int(parser.get_parsed_content("divisible"))
+    return float(np.mean([dice_jaccard(predict_mask(network, s, divisible), s["label"][0] > 0.5)[0]
+                          for s in samples]))
+
+
+def train_with_restarts(dataset: str, method: str, overrides: Sequence[str], root: Path) -> None:
+    """Train ``method`` once per seed of its ``restart_seeds`` and keep the restart with the best validation Dice.
+
+    Each restart trains with ``--seed s`` (network initialisation, DIP noise, batch order; the split and the clicks
+    have their own seeds) into ``<ckpt_dir>/restart_<s>``; its best-validation checkpoint is scored on the validation
+    images, the winner is copied to ``<ckpt_dir>/model.pt`` and ``<root>/<method>/restarts.csv`` lists all of them.
+    With a single seed this is one plain training run.
+    """
+    files = config_files(dataset, method, evaluate=False)
+    parser = _parser(files, overrides)
+    seeds = [int(s) for s in parser.get_parsed_content("restart_seeds")]
+    if len(seeds) <= 1:
+        _run_bundle(files, [*overrides, *(["--seed", str(seeds[0])] if seeds else [])])
+        return
+    ckpt_dir = Path(parser.get_parsed_content("ckpt_dir"))
+    rows = []
+    for seed in seeds:
+        folder = ckpt_dir / f"restart_{seed}"
+        logger.info("%s: restart with seed %d", method, seed)
+        seconds = _run_bundle(files, [*overrides, "--seed", str(seed), "--ckpt_dir", str(folder),
+                                      "--output_dir", str(root / method / f"restart_{seed}")])
+        rows.append((seed, validation_dice(files, overrides, folder / "model.pt"), seconds))
+        logger.info("%s: seed %d validation Dice %.3f", method, seed, rows[-1][1])
+    best = max(rows, key=lambda r: r[1])
+    shutil.copy2(ckpt_dir / f"restart_{best[0]}" / "model.pt", ckpt_dir / "model.pt")
+    (root / method).mkdir(parents=True, exist_ok=True)
+    with (root / method / "restarts.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["seed", "val_dice", "train_seconds", "selected"])
+        writer.writerows([(s, f"{d:.4f}", f"{t:.1f}", int(s == best[0])) for s, d, t in rows])
+    logger.info("%s: kept seed %d (validation Dice %.3f)", method, best[0], best[1])
 
 
 def _read_test(path: Path) -> dict[str, list[float]]:
@@ -138,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if method in TRAINED_METHODS:
             if not args.skip_train:
                 logger.info("%s: training", method)
-                _run_bundle(config_files(args.dataset, method, evaluate=False), method_overrides)
+                train_with_restarts(args.dataset, method, method_overrides, root)
             logger.info("%s: evaluating on the test images", method)
             _run_bundle(config_files(args.dataset, method, evaluate=True), method_overrides)
         else:
