@@ -532,3 +532,41 @@ def test_bundle_run_goes_through_the_batch(tmp_path: Path) -> None:
     assert "2 done, 0 skipped, 1 failed" in proc.stdout
     rows = _rows(out / "cases.csv")
     assert rows["broken"]["status"] == "failed" and rows["case00"]["status"] == "done"
+
+
+def test_sigkill_halfway_then_rerun_finishes_the_rest(tmp_path: Path) -> None:
+    """A real ``kill -9`` of the batch process mid-way; the same command again finishes without redoing any case."""
+    import signal
+    import time
+
+    folder = tmp_path / "in"
+    _inputs(folder, 10, shape=(64, 64, 24))
+    ckpt = _tiny_lits_checkpoint(tmp_path / "model.pt")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pipeline.batch", "lits", "--input", str(folder), "--output", str(out), "--no-mlflow",
+           "--no-progress", "--ckpt_path", str(ckpt), "--features", "4", "--num_threads", "1"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while len(list(out.glob("*_lesion.nii.gz"))) < 3 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    first = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, _sha(p)) for p in out.glob("*_lesion.nii.gz")}
+    assert 3 <= len(first) < 10, "the kill should land in the middle of the batch"
+    for name in first:  # every mask under its final name is complete
+        assert nib.load(str(out / name)).get_fdata().shape == (64, 64, 24)
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace",
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Traceback" not in rerun.stderr
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, _sha(p)) for p in out.glob("*_lesion.nii.gz")}
+    assert len(after) == 10
+    assert {k: after[k] for k in first} == first  # finished masks untouched
+    rows = _rows(out / "cases.csv")
+    assert sorted(rows) == [f"case{i:02d}" for i in range(10)]
+    assert {rows[c]["status"] for c in rows} <= {"done", "skipped"}
+    assert sum(rows[c]["status"] == "skipped" for c in rows) == len(first)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left
