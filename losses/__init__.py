@@ -1,3 +1,3 @@
-from .mumford_shah import MumfordShahLoss, SemiSupervisedMumfordShahLoss
+from .mumford_shah import BiasFieldMumfordShahLoss, MumfordShahLoss, SemiSupervisedMumfordShahLoss
 from .acwe import ACWELoss, ACWEWithLabelLoss, ActiveContourLabelLoss
 from .selective import DIPSelectiveLoss, SelectiveLoss, weighted_tv

@@ -8,6 +8,8 @@ Reference:
 The softmax output ``y`` of a segmentation network is read as a set of soft characteristic functions (eqs. 10–11)
 and plugged into the piecewise-constant Mumford–Shah functional (eq. 12) with per-class, per-channel centroids
 (eq. 13). :class:`SemiSupervisedMumfordShahLoss` adds the cross-entropy of the labelled samples (eqs. 16–18).
+:class:`BiasFieldMumfordShahLoss` is the bias-field variant (eqs. 19–20): one extra network output channel models a
+smooth multiplicative bias ``b`` and the data term fits ``b·c_n``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-__all__ = ["MumfordShahLoss", "SemiSupervisedMumfordShahLoss"]
+__all__ = ["BiasFieldMumfordShahLoss", "MumfordShahLoss", "SemiSupervisedMumfordShahLoss"]
 
 _REDUCTIONS = tuple(r.value for r in LossReduction)
 
@@ -472,3 +474,198 @@ class SemiSupervisedMumfordShahLoss(_Loss):
         self.last_ce = float(ce.detach())
         self.last_ms = float(ms_total.detach())
         return ce + self.beta * ms_total
+
+
+_BIAS_ACTIVATIONS = ("softplus", "exp", "none")
+
+
+def _bias_field_terms(
+    y: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unnormalised terms of eq. (19) with the bias-weighted centroids of eq. (20).
+
+    Args:
+        y: soft characteristic functions, shape ``BNH[WD]``.
+        bias: positive bias field, shape ``B1H[WD]`` (one field for every image channel) or ``BCH[WD]`` (one per
+            channel).
+        x: image, shape ``BCH[WD]``.
+        eps: added to the centroid denominators ``Σ_r b(r)² y_{b,n}(r)`` only.
+
+    Returns:
+        ``(data, tv, bias_tv)``: ``data[b, n] = Σ_c Σ_r (x_{b,c}(r) − b_{b,c}(r) c_{b,n,c})² y_{b,n}(r)`` with
+        ``c_{b,n,c} = Σ_r b_{b,c} x_{b,c} y_{b,n} / (Σ_r b_{b,c}² y_{b,n} + eps)``, shape ``(B, N)``; ``tv[b, n]`` the
+        anisotropic L1 total variation of ``y_{b,n}``, shape ``(B, N)``; ``bias_tv[b]`` the anisotropic L1 total
+        variation of the bias field, summed over its channels, shape ``(B,)``.
+    """
+    b, n = y.shape[:2]
+    c = x.shape[1]
+    y_flat = y.reshape(b, n, -1)  # (B, N, P)
+    x_flat = x.reshape(b, c, -1)  # (B, C, P)
+    bias_flat = bias.reshape(b, bias.shape[1], -1)  # (B, 1 or C, P)
+
+    data = y_flat.new_zeros((b, n))
+    for ch in range(c):
+        b_ch = bias_flat[:, min(ch, bias_flat.shape[1] - 1)]  # (B, P)
+        x_ch = x_flat[:, ch]  # (B, P)
+        # eq. (20): c_{b,n,c} = Σ_r b x y_n / Σ_r b² y_n
+        numerator = torch.einsum("bp,bnp->bn", b_ch * x_ch, y_flat)
+        denominator = torch.einsum("bp,bnp->bn", b_ch.square(), y_flat)
+        centroids = numerator / (denominator + eps)  # (B, N)
+        residual = x_ch.unsqueeze(1) - b_ch.unsqueeze(1) * centroids.unsqueeze(-1)  # (B, N, P)
+        data = data + (residual.square() * y_flat).sum(dim=-1)
+
+    tv = y_flat.new_zeros((b, n))
+    bias_tv = y_flat.new_zeros((b,))
+    for axis in range(2, y.ndim):
+        tv = tv + torch.diff(y, dim=axis).abs().flatten(start_dim=2).sum(dim=-1)
+        bias_tv = bias_tv + torch.diff(bias, dim=axis).abs().flatten(start_dim=1).sum(dim=-1)
+    return data, tv, bias_tv
+
+
+class BiasFieldMumfordShahLoss(MumfordShahLoss):
+    """Mumford–Shah loss with a bias field, Kim & Ye (2020) eqs. (19)–(20) (the image model ``x = b·J + n``, eq. 5).
+
+    The network predicts ``N`` class channels and one extra, **positive** bias channel ``b`` (the bias output is not
+    softmaxed). With the Li et al. (2011) local term reduced to a delta kernel, the loss of one image is
+
+        ``L = Σ_n Σ_c Σ_r (x_c(r) − b(r) c_{n,c})² y_n(r) + λ Σ_n TV(y_n) + γ TV(b)``          (eq. 19)
+
+    with the bias-weighted centroids, computed per image, class and image channel (gradients flow through them):
+
+        ``c_{n,c} = Σ_r b(r) x_c(r) y_n(r) / (Σ_r b(r)² y_n(r) + eps)``                           (eq. 20)
+
+    ``TV`` is the anisotropic L1 total variation of :class:`MumfordShahLoss` (forward differences along every spatial
+    axis, no padding); ``λ = tv_weight`` (default 1e-3, the authors' code for eq. 12) and ``γ = bias_tv_weight``.
+    With ``b ≡ 1`` the centroids and the data term are exactly those of :class:`MumfordShahLoss` and the bias term
+    vanishes, so the two losses agree.
+
+    Input layout: ``input`` is ``(B, N + K, H, W[, D])``; the first ``N`` channels are class probabilities (or logits
+    with ``softmax=True``), the last ``K`` channels are the raw bias output. ``K = 1`` (default, the paper's single
+    bias channel) applies one field to every image channel; ``per_channel_bias=True`` expects ``K = C`` (one field
+    per image channel, e.g. per MR modality, since each sequence has its own bias). The positive field is
+    ``b = activation(raw) + bias_eps`` with ``bias_activation`` ``"softplus"`` (default), ``"exp"``, or ``"none"``
+    (the raw channel already is ``b``; then ``bias_eps`` is still added).
+
+    Choices where the paper leaves it open (METHODS A-MS-10; no public code exists for this variant): ``b`` is
+    ``softplus(extra channel) + ε`` (the paper only says the channel comes "before the softmax"); ``γ`` (symbol and
+    value lost in the paper, "a fixed parameter") is configurable with the placeholder default 1e-3; the bias TV is
+    anisotropic L1 like the length term.
+
+    Reductions (``C`` image channels, ``P`` pixels/voxels, ``N`` classes). Per image and class the energy is
+    ``E_{b,n} = data_{b,n} + λ·TV(y_{b,n}) + γ·TV(b_b)/N`` (the bias term is shared equally among the classes so
+    that ``Σ_n E_{b,n}`` is eq. 19 for image ``b``):
+
+    - ``"sum"``: ``Σ_{b,n} E_{b,n}`` — eq. (19) summed over the batch, as the authors' losses are.
+    - ``"none"``: ``E_{b,n} / (C·P)``, shape ``(B, N, 1, 1[, 1])``.
+    - ``"mean"``: the mean of the ``"none"`` values, ``"sum" / (B·N·C·P)``; weights map between the two as for
+      :class:`MumfordShahLoss` (``β_mean = β_sum·B·N·C·P``; ``λ`` and ``γ`` are the same in both).
+
+    Example:
+        >>> loss = BiasFieldMumfordShahLoss(softmax=True, bias_tv_weight=1e-3)
+        >>> output = torch.randn(2, 3, 32, 32, requires_grad=True)  # 2 class logits + 1 bias channel
+        >>> image = torch.rand(2, 1, 32, 32)
+        >>> loss(output, image).backward()
+    """
+
+    def __init__(
+        self,
+        tv_weight: float = 1e-3,
+        bias_tv_weight: float = 1e-3,
+        reduction: LossReduction | str = LossReduction.MEAN,
+        softmax: bool = False,
+        bias_activation: str = "softplus",
+        bias_eps: float = 1e-6,
+        per_channel_bias: bool = False,
+        eps: float = 1e-8,
+    ) -> None:
+        """
+        Args:
+            tv_weight: weight ``λ`` of the length (TV) term on the class maps, ``>= 0``. Defaults to 1e-3.
+            bias_tv_weight: weight ``γ`` of the TV penalty on the bias field, ``>= 0``. Defaults to 1e-3 (placeholder,
+                the paper's value is lost).
+            reduction: {``"none"``, ``"mean"``, ``"sum"``}, see the class docstring. Defaults to ``"mean"``.
+            softmax: apply a softmax over the ``N`` class channels (which then hold logits); requires ``N >= 2``.
+            bias_activation: ``"softplus"``, ``"exp"`` or ``"none"``: how the raw bias channel becomes positive.
+            bias_eps: added to the activated bias so that it stays strictly positive, ``>= 0``. Defaults to 1e-6.
+            per_channel_bias: one bias channel per image channel instead of one shared field. Defaults to False.
+            eps: added to the centroid denominators ``Σ_r b² y_n`` only, ``>= 0``. Defaults to 1e-8.
+
+        Raises:
+            ValueError: invalid ``reduction`` or ``bias_activation``; negative ``tv_weight``, ``bias_tv_weight``,
+                ``bias_eps`` or ``eps``.
+        """
+        super().__init__(tv_weight=tv_weight, reduction=reduction, softmax=softmax, eps=eps)
+        if not float(bias_tv_weight) >= 0.0:
+            raise ValueError(f"bias_tv_weight must be a non-negative number, got {bias_tv_weight!r}.")
+        if not float(bias_eps) >= 0.0:
+            raise ValueError(f"bias_eps must be a non-negative number, got {bias_eps!r}.")
+        if bias_activation not in _BIAS_ACTIVATIONS:
+            raise ValueError(f"bias_activation must be one of {list(_BIAS_ACTIVATIONS)}, got {bias_activation!r}.")
+        self.bias_tv_weight = float(bias_tv_weight)
+        self.bias_activation = bias_activation
+        self.bias_eps = float(bias_eps)
+        self.per_channel_bias = bool(per_channel_bias)
+
+    def _split(self, input: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Class maps ``y`` (``BNH[WD]``), positive bias ``b`` (``BKH[WD]``) and image ``x`` in the compute dtype."""
+        _check_input_image(input, image, "input")
+        k = image.shape[1] if self.per_channel_bias else 1
+        n = input.shape[1] - k
+        if n < 1 or (self.softmax and n < 2):
+            raise ValueError(
+                f"input needs {'at least two' if self.softmax else 'at least one'} class channel(s) plus {k} bias "
+                f"channel(s) ({'one per image channel' if self.per_channel_bias else 'the last channel'}), got input "
+                f"shape {tuple(input.shape)} for image shape {tuple(image.shape)}."
+            )
+        dtype = _compute_dtype(input, image)
+        y, raw = input.to(dtype)[:, :n], input.to(dtype)[:, n:]
+        if self.softmax:
+            y = torch.softmax(y, dim=1)
+        if self.bias_activation == "softplus":
+            raw = F.softplus(raw)
+        elif self.bias_activation == "exp":
+            raw = torch.exp(raw)
+        return y, raw + self.bias_eps, image.to(dtype)
+
+    def _energy_parts(self, input: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-(b, n) data, weighted class TV and shared weighted bias TV, plus C and the spatial shape."""
+        y, bias, x = self._split(input, image)
+        data, tv, bias_tv = _bias_field_terms(y, bias, x, self.eps)
+        shared = (self.bias_tv_weight * bias_tv / y.shape[1]).unsqueeze(1).expand_as(data)
+        return data, self.tv_weight * tv, shared, x.shape[1], y.shape[2:]
+
+    def forward(self, input: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            input: ``N`` class channels (probabilities, or logits with ``softmax=True``) followed by the raw bias
+                channel(s), shape ``B(N+K)H[WD]``, floating point.
+            image: intensities, shape ``BCH[WD]`` with the same ``B`` and spatial shape, floating point.
+
+        Returns:
+            A scalar for ``"mean"`` / ``"sum"``; a tensor of shape ``(B, N, 1, 1[, 1])`` for ``"none"``.
+
+        Raises:
+            ValueError: ``input`` or ``image`` not 4D/5D, not floating point, mismatched batch size or spatial shape,
+                or too few channels for the classes and the bias.
+        """
+        data, tv, bias_tv, channels, spatial = self._energy_parts(input, image)
+        return self._reduce(data + tv + bias_tv, channels, spatial)
+
+    def terms(self, input: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Data, weighted class-TV and weighted bias-TV parts, each reduced like :meth:`forward`.
+
+        Returns:
+            ``{"data": ..., "tv": ..., "bias_tv": ...}``; their sum equals ``forward(input, image)``.
+        """
+        data, tv, bias_tv, channels, spatial = self._energy_parts(input, image)
+        return {name: self._reduce(value, channels, spatial)
+                for name, value in (("data", data), ("tv", tv), ("bias_tv", bias_tv))}
+
+    def bias_field(self, input: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """The positive bias field ``b`` of a network output (its last ``K`` channels), shape ``BKH[WD]``.
+
+        Args:
+            input: as in :meth:`forward`.
+            image: as in :meth:`forward` (it fixes ``K`` when ``per_channel_bias`` is set).
+        """
+        return self._split(input, image)[1]

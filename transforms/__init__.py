@@ -40,3 +40,16 @@ from .markers import (
     polygon_mask,
     read_markers,
 )
+from .modality_slices import (
+    BRATS_MODALITIES,
+    NormalizeModalities,
+    NormalizeModalitiesd,
+    NormalizeModalitiesD,
+    NormalizeModalitiesDict,
+    StackModalitySlices,
+    StackModalitySlicesd,
+    StackModalitySlicesD,
+    StackModalitySlicesDict,
+    complete_tumour_slice,
+    modality_channel_names,
+)

@@ -14,3 +14,12 @@ from .lits import (
 )
 from .spect import SpectCase, SpectProjector, generate_spect_phantoms, index_spect, make_spect_case, osem
 from .lung import LUNG_LABELS, generate_lung_phantoms, index_lung, lung_datalist, make_lung_case
+from .brats import (
+    BRATS_LABELS,
+    BRATS_MODALITY_NAMES,
+    BratsCase,
+    brats_affine,
+    brats_datalist,
+    generate_brats_phantoms,
+    make_brats_case,
+)
