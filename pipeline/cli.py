@@ -2,7 +2,7 @@
 
 Bundles themselves run through ``python -m monai.bundle run --config_file bundles/<name>/configs/<workflow>.json``.
 
-    varseg runs [--experiment varseg-lits] [--last 5]   # where the runs are, their metrics, the UI command
+    varseg runs [--experiment varseg-lits] [--last 5]   # the runs, their metrics, UI command, chart/compare links
     varseg ui [--port 5000]                             # serve the MLflow UI on 127.0.0.1
     varseg make-data {lits,lung,spect} OUT_DIR [--num-cases N] ...  # write synthetic phantoms in a dataset's layout
     varseg infer {lits,lung,spect} --input PATH [--output DIR] ...  # batch inference (see python -m pipeline.batch)
@@ -11,13 +11,26 @@ Bundles themselves run through ``python -m monai.bundle run --config_file bundle
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
+import urllib.parse
 
 from pipeline import tracking
 
 _SHOWN_METRICS = ("val_dice", "val_jaccard", "test_dice", "test_dice_std", "test_jaccard", "train_loss")
+_UI_URL = "http://127.0.0.1:5000"
+
+
+def compare_links(experiment_id: str, run_ids: list[str], base_url: str = _UI_URL) -> dict[str, str]:
+    """MLflow 3 UI links: the experiment's chart view (``charts``) and, for two or more runs, their ``compare`` page."""
+    links = {"charts": f"{base_url}/#/experiments/{experiment_id}/runs?compareRunsMode=CHART"}
+    if len(run_ids) >= 2:
+        runs = urllib.parse.quote(json.dumps(run_ids, separators=(",", ":")))
+        experiments = urllib.parse.quote(json.dumps([experiment_id], separators=(",", ":")))
+        links["compare"] = f"{base_url}/#/compare-runs?runs={runs}&experiments={experiments}"
+    return links
 
 
 def _runs(args: argparse.Namespace) -> int:
@@ -45,6 +58,9 @@ def _runs(args: argparse.Namespace) -> int:
                 history = client.get_metric_history(run.info.run_id, "val_dice")
                 print(f"    val_dice per epoch ({len(history)} values): "
                       + " ".join(f"{m.value:.3f}" for m in sorted(history, key=lambda m: m.step)))
+        with_dice = [run.info.run_id for run in runs if "val_dice" in run.data.metrics][:2]
+        for name, url in compare_links(exp.experiment_id, with_dice).items():
+            print(f"  {name}: {url}" + ("  (the newest two runs with val_dice)" if name == "compare" else ""))
     print(f"\nopen the UI:  {tracking.ui_command()}")
     print("then browse http://127.0.0.1:5000 (pick runs and press 'Compare' to see val_dice side by side)")
     return 0
