@@ -7,9 +7,15 @@ All bundles share one store: a SQLite database ``mlruns/mlflow.db`` at the repos
     mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
 :class:`MLflowTracker` is an Ignite handler attached to a trainer *and* its evaluator (or to a lone evaluator). It
-always creates a new run with a unique name (never appends to an older run, RUNNING or not), logs the
-hyperparameters it is given plus library versions and the git commit, per-epoch metrics, the merged bundle config
-and any artifacts, and marks the run FINISHED, FAILED (exception) or KILLED (Ctrl-C).
+creates a new run with a unique name (never appends to an older run, RUNNING or not), logs the hyperparameters it
+is given plus library versions and the git commit, per-epoch metrics, the merged bundle config and any artifacts,
+and marks the run FINISHED, FAILED (exception) or KILLED (Ctrl-C).
+
+The one exception is an explicit resume: :class:`pipeline.handlers.TrainingCheckpoint` stores the run id in every
+checkpoint and, with ``resume=True``, calls :meth:`MLflowTracker.resume_run` so that the training goes on in *that*
+run: it is set RUNNING again, metric points logged after the checkpoint's epoch (by the interrupted process) are
+deleted (:func:`truncate_metric_history`), and the resumed epochs are logged at their own steps, so the history
+ends up as an uninterrupted run's would.
 """
 
 from __future__ import annotations
@@ -182,6 +188,65 @@ def find_bundle_config() -> dict | None:
     return None
 
 
+def _sql_store(client: Any) -> Any:
+    """The ``SqlAlchemyStore`` behind an ``MlflowClient`` (SQLite, PostgreSQL, ...), or None (e.g. an HTTP server)."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    except ImportError:  # pragma: no cover - mlflow without its SQL extras
+        return None
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    return store if isinstance(store, SqlAlchemyStore) else None
+
+
+def truncate_metric_history(client: Any, run_id: str, after_step: int) -> int | None:
+    """Delete every metric point of run ``run_id`` whose step is greater than ``after_step``.
+
+    MLflow's client has no API to delete metric points, so this works on the SQL store directly (through MLflow's
+    own ORM models and session, in one transaction) and recomputes the run's latest value of each touched metric the
+    way MLflow does (largest step, then timestamp, then value).
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        run_id: the run.
+        after_step: points with ``step > after_step`` are deleted.
+
+    Returns:
+        The number of deleted points, or None when the store is not an SQL store (an ``mlflow server`` over HTTP):
+        nothing can be deleted there.
+    """
+    store = _sql_store(client)
+    if store is None:
+        return None
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric
+
+    with store.ManagedSessionMaker(read_only=False) as session:
+        stale = session.query(SqlMetric).filter(SqlMetric.run_uuid == run_id, SqlMetric.step > after_step)
+        keys = sorted({key for (key,) in stale.with_entities(SqlMetric.key).distinct()})
+        removed = stale.delete(synchronize_session=False)
+        for key in keys:
+            newest = (
+                session.query(SqlMetric)
+                .filter(SqlMetric.run_uuid == run_id, SqlMetric.key == key)
+                .order_by(SqlMetric.step.desc(), SqlMetric.timestamp.desc(), SqlMetric.value.desc())
+                .first()
+            )
+            latest = (
+                session.query(SqlLatestMetric)
+                .filter(SqlLatestMetric.run_uuid == run_id, SqlLatestMetric.key == key)
+                .one_or_none()
+            )
+            if newest is None:
+                if latest is not None:
+                    session.delete(latest)
+                continue
+            if latest is None:
+                latest = SqlLatestMetric(run_uuid=run_id, key=key)
+                session.add(latest)
+            latest.value, latest.timestamp = newest.value, newest.timestamp
+            latest.step, latest.is_nan = newest.step, newest.is_nan
+    return int(removed)
+
+
 def _engine_is_trainer(engine: Engine) -> bool:
     from monai.engines import Trainer
 
@@ -194,6 +259,9 @@ class MLflowTracker:
     Attach the same instance to the trainer and to its validation evaluator (both appear in the bundle config's
     handler lists): the trainer's start opens the run, its end closes it; evaluator metrics are logged at the
     trainer's epoch as step. Attached to a lone evaluator (an evaluation bundle), the evaluator opens and closes it.
+
+    :meth:`resume_run` (called by :class:`pipeline.handlers.TrainingCheckpoint` on an explicit resume) makes the next
+    start reopen an existing run instead of creating one.
 
     Args:
         experiment_name: MLflow experiment (created on first use with artifacts under ``mlruns/artifacts``).
@@ -209,6 +277,7 @@ class MLflowTracker:
         log_config: save the merged bundle config as the artifact ``config/merged_config.json``.
         artifacts: files or folders logged when the run ends (paths that do not exist are skipped with a warning).
         artifact_callback: optional callable ``(tracker) -> None`` run before the run is closed, e.g. to log figures.
+            More can be added with :meth:`add_end_callback`.
     """
 
     def __init__(
@@ -239,7 +308,11 @@ class MLflowTracker:
         self.run_id: str | None = None
         self.owner: Engine | None = None
         self.trainer: Engine | None = None
+        self.resumed_from_epoch: int | None = None
         self._closed = False
+        self._end_callbacks: list[Callable[[MLflowTracker], None]] = []
+        self._resume: tuple[str, int] | None = None
+        self._existing_params: dict[str, str] = {}  # params of a continued run, which MLflow does not let change
 
     # ----------------------------------------------------------------------------------------------- attaching
     def attach(self, engine: Engine) -> None:
@@ -266,12 +339,95 @@ class MLflowTracker:
             self.client = mlflow.MlflowClient(tracking_uri=tracking_uri(self.store_dir))
         return self.client
 
+    def add_end_callback(self, callback: Callable[[MLflowTracker], None]) -> None:
+        """Run ``callback(tracker)`` when the run ends FINISHED, before the ``artifacts`` are logged."""
+        self._end_callbacks.append(callback)
+
+    def resume_run(self, run_id: str, epoch: int) -> None:
+        """Make the next start continue run ``run_id`` from the end of ``epoch`` instead of creating a new run.
+
+        At that start the run is set RUNNING again, its metric points with a step after ``epoch`` (logged by the
+        interrupted process after its last checkpoint) are deleted, params that are new are logged and params whose
+        value changed are recorded as ``resume.param.<name>`` tags (MLflow params cannot change), the merged config
+        of the resumed process is logged as ``config/resume_epoch=<epoch>/merged_config.json``, and the tags
+        ``resume_count``, ``resumed_from_epoch`` and ``resume_history`` (JSON) say what happened. A run that no
+        longer exists (other store, deleted) cannot be continued: a new run is created then, with a warning.
+
+        Args:
+            run_id: the MLflow run to continue (as stored in the checkpoint).
+            epoch: the trainer epoch the checkpoint was saved at; steps ``> epoch`` are logged again.
+        """
+        if not run_id:
+            raise ValueError("resume_run needs a run id")
+        self._resume = (str(run_id), int(epoch))
+
+    def _reopen(self, run_id: str, epoch: int) -> bool:
+        """Continue an existing run (see :meth:`resume_run`); False when it cannot be continued."""
+        from mlflow.exceptions import MlflowException
+
+        client = self._client()
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as exc:
+            logger.warning("cannot continue MLflow run %s (%s); a new run is created instead", run_id,
+                           str(exc).splitlines()[0])
+            return False
+        if run.info.lifecycle_stage != "active":
+            logger.warning("MLflow run %s is deleted; a new run is created instead", run_id)
+            return False
+        previous_status = run.info.status
+        if previous_status == "RUNNING":
+            logger.warning("MLflow run %s is still marked RUNNING: its process was killed without clean-up (SIGKILL, "
+                           "power loss) or is still running elsewhere, in which case both now log to it", run_id)
+        client.update_run(run_id, status="RUNNING")
+        self.run_id, self.run_name, self._closed = run_id, run.info.run_name, False
+        self.resumed_from_epoch = int(epoch)
+        self._existing_params = dict(run.data.params)
+        removed = truncate_metric_history(client, run_id, after_step=epoch)
+        if removed is None:
+            logger.warning("the MLflow store at %s cannot delete metric points: steps after epoch %d logged before "
+                           "the interruption stay in run %s next to the resumed ones", tracking_uri(self.store_dir),
+                           epoch, run_id)
+        tags = run.data.tags
+        try:
+            history = json.loads(tags.get("resume_history", "[]"))
+        except json.JSONDecodeError:
+            history = []
+        entry = {"epoch": int(epoch), "previous_status": previous_status,
+                 "removed_points": removed if removed is not None else "unknown",
+                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if "error" in tags:
+            entry["previous_error"] = tags["error"][:300]
+            client.delete_tag(run_id, "error")
+        history.append(entry)
+        while len(json.dumps(history)) > 4500 and len(history) > 1:  # MLflow tag values are limited in length
+            history.pop(0)
+        self.set_tag("resume_history", json.dumps(history))
+        count = int(tags["resume_count"]) + 1 if tags.get("resume_count", "").isdigit() else 1
+        self.set_tag("resume_count", count)
+        self.set_tag("resumed_from_epoch", int(epoch))
+        logger.info("MLflow run '%s' (id %s, was %s) continues after epoch %d; %s later metric point(s) removed",
+                    self.run_name, run_id, previous_status, epoch, entry["removed_points"])
+        return True
+
     def start_run(self) -> str:
         """Create the experiment if needed and open a new run; returns the run id (idempotent while it is open).
 
-        Once the run has ended, the next start (e.g. the same trainer run again) opens a new run, never appends.
+        Once the run has ended, the next start (e.g. the same trainer run again) opens a new run, never appends,
+        unless :meth:`resume_run` asked to continue a given run.
         """
         if self.run_id is not None and not self._closed:
+            return self.run_id
+        resume, self._resume = self._resume, None
+        self._existing_params = {}
+        self.resumed_from_epoch = None
+        if resume is not None and self._reopen(*resume):
+            atexit.register(self._close_at_exit)
+            self.log_params({**environment_params(), **flatten_params(self.params)})
+            if self.log_config:
+                config = find_bundle_config()
+                if config is not None:
+                    self.log_dict(config, f"config/resume_epoch={resume[1]}/merged_config.json")
             return self.run_id
         if self._closed:
             self.run_id, self._closed = None, False
@@ -286,6 +442,8 @@ class MLflowTracker:
                 client.restore_experiment(exp.experiment_id)
             exp_id = exp.experiment_id
         tags = {"bundle": self.bundle, **self.tags}
+        if resume is not None:
+            tags["resumed_from_run"] = resume[0]  # asked to continue a run that is gone: say so on the new one
         run = client.create_run(exp_id, run_name=self.run_name, tags=tags)
         self.run_id = run.info.run_id
         atexit.register(self._close_at_exit)
@@ -327,6 +485,8 @@ class MLflowTracker:
             if status == "FINISHED":
                 if self.artifact_callback is not None:
                     self.artifact_callback(self)
+                for callback in self._end_callbacks:
+                    callback(self)
                 for path in self.artifacts:
                     self.log_artifact(path)
         finally:
@@ -347,6 +507,11 @@ class MLflowTracker:
         if self.trainer is not None:
             return int(self.trainer.state.epoch)
         return 0
+
+    @property
+    def step(self) -> int:
+        """The step metrics are logged at now: the trainer's epoch, or 0 without a trainer."""
+        return self._step()
 
     def _log_trainer_epoch(self, engine: Engine) -> None:
         metrics = {k: v for k, v in engine.state.metrics.items() if _is_number(v)}
@@ -378,12 +543,27 @@ class MLflowTracker:
             self._client().log_batch(self.run_id, metrics=items)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log params (values as strings), in batches of 100 as MLflow requires."""
+        """Log params (values as strings), in batches of 100 as MLflow requires.
+
+        In a continued run (:meth:`resume_run`) a param that already has this value is skipped, and one whose value
+        changed (e.g. ``resume`` itself, a longer ``max_epochs``, another git commit) is kept and the new value
+        recorded as the tag ``resume.param.<name>``: MLflow does not allow a param to change.
+        """
         if self.run_id is None or not params:
             return
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:_MAX_PARAM_LEN]) for k, v in params.items()]
+        values = {k: str(v)[:_MAX_PARAM_LEN] for k, v in params.items()}
+        existing = self._existing_params
+        if existing:
+            changed = {k: v for k, v in values.items() if k in existing and existing[k] != v}
+            for k, v in changed.items():
+                self.set_tag(f"resume.param.{k}", v[:5000])
+            if changed:
+                logger.info("continued run: changed params recorded as resume.param.* tags: %s", sorted(changed))
+            values = {k: v for k, v in values.items() if k not in existing}
+            existing.update(values)
+        items = [Param(k, v) for k, v in values.items()]
         for i in range(0, len(items), 100):
             self._client().log_batch(self.run_id, params=items[i : i + 100])
 

@@ -6,6 +6,7 @@ import csv
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from monai.data import DataLoader, MetaTensor
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import MeanDice
 
-from pipeline.handlers import PerCaseMetrics, TrainingCheckpoint
+from pipeline.handlers import OverlaySaver, PerCaseMetrics, RandomStates, TrainingCheckpoint, checkpoint_epoch
 
 
 # ----------------------------------------------------------------------------------------------- PerCaseMetrics
@@ -207,7 +208,7 @@ def test_checkpoint_written_with_all_entries(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["checkpoint_epoch=3.pt"]  # n_saved=1
     assert checkpoint.latest() == path
     state = torch.load(path, map_location="cpu", weights_only=True)
-    assert set(state) == {"model", "optimizer", "trainer"}
+    assert set(state) == {"model", "optimizer", "trainer", "rng"}  # no tracker: no "mlflow" entry
     # ignite's Engine.state_dict keeps the iteration (the epoch follows from epoch_length)
     assert state["trainer"]["iteration"] == 3 * ITERS_PER_EPOCH
     assert state["trainer"]["epoch_length"] == ITERS_PER_EPOCH and state["trainer"]["max_epochs"] == 3
@@ -220,7 +221,7 @@ def test_checkpoint_includes_lr_scheduler(tmp_path: Path) -> None:
     trainer, *_ = _trainer(tmp_path, max_epochs=2, scheduler=True)
     trainer.run()
     state = torch.load(tmp_path / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
-    assert set(state) == {"model", "optimizer", "trainer", "lr_scheduler"}
+    assert set(state) == {"model", "optimizer", "trainer", "lr_scheduler", "rng"}
     assert state["lr_scheduler"]["last_epoch"] == 2
 
 
@@ -323,3 +324,196 @@ def test_new_training_archives_previous_checkpoints(tmp_path):
     archived = list((tmp_path / "previous").glob("*/*.pt"))
     assert sorted(p.name for p in archived) == ["checkpoint_epoch=20.pt", "model.pt"]
     assert sorted(p.name for p in tmp_path.glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=2.pt"]
+
+
+# ----------------------------------------------------------------------------------------------- random states
+def _augmented_loader(seed: int = 0, generator: bool = False) -> DataLoader:
+    from monai.data import Dataset
+    from monai.transforms import Compose, RandFlipd, RandGaussianNoised
+
+    torch.manual_seed(seed)
+    transform = Compose([RandFlipd(keys="image", prob=0.5, spatial_axis=0),
+                         RandGaussianNoised(keys="image", prob=1.0, std=0.1)])
+    kwargs = {"generator": torch.Generator().manual_seed(seed)} if generator else {}
+    return DataLoader(Dataset(_data(), transform=transform), batch_size=BATCH, shuffle=True, **kwargs)
+
+
+def _epoch_images(loader: DataLoader) -> torch.Tensor:
+    return torch.cat([batch["image"] for batch in loader])
+
+
+@pytest.mark.parametrize("generator", [False, True])
+def test_random_states_round_trip(generator: bool) -> None:
+    loader = _augmented_loader(generator=generator)
+    states = RandomStates(loader)
+    found = states.generators()
+    assert sum(isinstance(g, np.random.RandomState) for g in found) >= 3  # Compose, its transforms (and theirs)
+    assert any(isinstance(g, torch.Generator) for g in found) == generator
+    _epoch_images(loader)  # move every generator away from its seed
+    saved = states.state_dict()
+    first = _epoch_images(loader)
+    assert not torch.equal(first, _epoch_images(loader))  # shuffling and noise change every epoch
+    states.load_state_dict(saved)
+    torch.testing.assert_close(_epoch_images(loader), first, rtol=0, atol=0)
+
+    # the states survive a weights-only checkpoint file, and a fresh loader built from the same config follows them
+    other = _augmented_loader(seed=5, generator=generator)
+    fresh = RandomStates(other)
+    buffer = __import__("io").BytesIO()
+    torch.save(saved, buffer)
+    buffer.seek(0)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    torch.testing.assert_close(_epoch_images(other), first, rtol=0, atol=0)
+
+
+def test_random_states_of_a_different_pipeline_are_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    saved = RandomStates(_augmented_loader()).state_dict()
+    plain = DataLoader(_data(), batch_size=BATCH, shuffle=True)
+    with caplog.at_level(logging.WARNING, logger="pipeline.handlers"):
+        RandomStates(plain).load_state_dict(saved)  # global states restored, transform states skipped
+    assert "random generator" in caplog.text
+    torch.testing.assert_close(torch.get_rng_state(), saved["torch"])
+
+
+def test_random_states_follow_an_engine_loader() -> None:
+    loader = _augmented_loader()
+    trainer, *_ = _trainer(Path("unused"), max_epochs=1)
+    trainer.data_loader = loader
+    assert RandomStates(trainer).generators() == RandomStates(loader).generators()
+
+
+def test_checkpoint_epoch() -> None:
+    assert checkpoint_epoch({"iteration": 12, "epoch_length": 4, "max_epochs": 9}) == 3
+    assert checkpoint_epoch({"epoch": 5, "epoch_length": 4, "max_epochs": 9}) == 5
+
+
+def _shuffled_trainer(save_dir: Path, max_epochs: int, resume: bool = False, seed: int = 0, **kwargs):
+    torch.manual_seed(seed)
+    net = torch.nn.Conv2d(1, 1, 1)
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=max_epochs, network=net, optimizer=opt,
+                                train_data_loader=_augmented_loader(seed), loss_function=torch.nn.MSELoss())
+    checkpoint = TrainingCheckpoint(save_dir, net, opt, resume=resume, **kwargs)
+    checkpoint.attach(trainer)
+    return trainer, net, checkpoint
+
+
+def test_resume_with_shuffling_and_augmentation_matches_uninterrupted(tmp_path: Path) -> None:
+    """The random generators are part of the checkpoint: shuffled, augmented training resumes exactly."""
+    straight, straight_net, _ = _shuffled_trainer(tmp_path / "straight", max_epochs=5)
+    straight.run()
+    _shuffled_trainer(tmp_path / "resumed", max_epochs=3)[0].run()
+    second, net, checkpoint = _shuffled_trainer(tmp_path / "resumed", max_epochs=5, resume=True, seed=3)
+    second.run()
+    assert checkpoint.resumed_epoch == 3 and checkpoint.resumed_run_id is None
+    for k, v in straight_net.state_dict().items():
+        torch.testing.assert_close(net.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_resume_from_a_checkpoint_without_random_states(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _shuffled_trainer(tmp_path, max_epochs=2, save_rng=False)[0].run()
+    assert "rng" not in torch.load(tmp_path / "checkpoint_epoch=2.pt", weights_only=True)
+    with caplog.at_level(logging.WARNING, logger="pipeline.handlers"):
+        trainer, *_ = _shuffled_trainer(tmp_path, max_epochs=3, resume=True)
+        trainer.run()
+    assert "no random generator states" in caplog.text
+    assert trainer.state.epoch == 3
+
+
+class _StubTracker:
+    """What TrainingCheckpoint and OverlaySaver use of an MLflowTracker."""
+
+    def __init__(self, store_dir: Path, run_id: str = "run-1", trainer: Any = None) -> None:
+        self.run_id, self.run_name, self.experiment_name, self.store_dir = run_id, "name-1", "exp", store_dir
+        self.trainer = trainer
+        self.callbacks: list = []
+        self.resumed: list[tuple[str, int]] = []
+        self.logged: list[tuple[Path, str | None]] = []
+
+    def add_end_callback(self, callback) -> None:
+        self.callbacks.append(callback)
+
+    def resume_run(self, run_id: str, epoch: int) -> None:
+        self.resumed.append((run_id, epoch))
+
+    def log_artifact(self, path, artifact_path=None) -> None:
+        path = Path(path)
+        self.logged.append((path.name, artifact_path, path.read_bytes()))
+
+
+def test_checkpoint_names_the_run_and_resume_hands_it_to_the_tracker(tmp_path: Path) -> None:
+    tracker = _StubTracker(tmp_path / "mlruns")
+    trainer, net, _ = _shuffled_trainer(tmp_path / "ckpt", max_epochs=2, tracker=tracker)
+    trainer.run()
+    state = torch.load(tmp_path / "ckpt" / "checkpoint_epoch=2.pt", weights_only=True)
+    assert state["mlflow"]["run_id"] == "run-1" and state["mlflow"]["run_name"] == "name-1"
+    assert state["mlflow"]["experiment_name"] == "exp" and state["mlflow"]["tracking_uri"].startswith("sqlite:///")
+    # the end-of-run callback logs the final weights
+    (callback,) = tracker.callbacks
+    callback(tracker)
+    ((name, folder, payload),) = tracker.logged
+    assert (name, folder) == ("final_model.pt", "model")
+    weights = torch.load(__import__("io").BytesIO(payload), weights_only=True)
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(weights[k], v, rtol=0, atol=0)
+
+    again = _StubTracker(tmp_path / "mlruns", run_id=None)
+    _, _, checkpoint = _shuffled_trainer(tmp_path / "ckpt", max_epochs=4, resume=True, tracker=again)
+    assert again.resumed == [("run-1", 2)]  # at attach time, before the trainer (and the tracker) start
+    assert checkpoint.resumed_run_id == "run-1"
+    fresh = _StubTracker(tmp_path / "mlruns")
+    _shuffled_trainer(tmp_path / "ckpt", max_epochs=4, resume=False, tracker=fresh)
+    assert fresh.resumed == []  # without resume: never a continued run
+
+
+# ----------------------------------------------------------------------------------------------- overlays
+class _FakeTrainer:
+    def __init__(self, max_epochs: int) -> None:
+        self.state = type("State", (), {"epoch": 0, "max_epochs": max_epochs})()
+
+
+def _overlay_evaluator() -> Engine:
+    """An evaluator whose output is its batch's image, label and prediction (as MONAI's, decollated)."""
+
+    def step(engine: Engine, batch: list[dict]) -> list[dict]:
+        return [{k: item[k] for k in ("image", "label", "pred")} for item in batch]
+
+    return Engine(step)
+
+
+def _volume_item(case: str) -> dict:
+    label = torch.zeros(3, 16, 16, 6)
+    label[0] = 1
+    label[:, 4:10, 4:10, 2:5] = torch.tensor([0.0, 1.0, 0.0])[:, None, None, None]
+    label[:, 6:8, 6:8, 3] = torch.tensor([0.0, 0.0, 1.0])[:, None, None]
+    return {"case": case, "image": torch.rand(1, 16, 16, 6), "label": label, "pred": label.clone()}
+
+
+def test_overlays_every_interval_and_at_the_end(tmp_path: Path) -> None:
+    trainer = _FakeTrainer(max_epochs=5)
+    tracker = _StubTracker(tmp_path, trainer=trainer)
+    saver = OverlaySaver(tmp_path / "eval", tracker=tracker, interval=2, num_cases=2, num_slices=3)
+    evaluator = _overlay_evaluator()
+    saver.attach(evaluator)
+    data = [[_volume_item("a"), _volume_item("b")], [_volume_item("c")]]
+    for epoch in range(1, 6):
+        trainer.state.epoch = epoch
+        evaluator.run(data, max_epochs=1)
+    folders = sorted(p.name for p in (tmp_path / "eval" / "overlays").iterdir())
+    assert folders == ["epoch=0002", "epoch=0004", "epoch=0005"]
+    assert sorted(p.name for p in (tmp_path / "eval" / "overlays" / "epoch=0004").iterdir()) == ["a.png", "b.png"]
+    assert [(name, folder) for name, folder, _ in tracker.logged] == [
+        (f"{c}.png", f"overlays/epoch={e:04d}") for e in (2, 4, 5) for c in ("a", "b")]
+    assert all(payload[:8] == b"\x89PNG\r\n\x1a\n" for _, _, payload in tracker.logged)
+
+
+def test_overlays_of_2d_cases_and_of_a_lone_evaluator(tmp_path: Path) -> None:
+    item = {"case": "slice/7", "image": torch.rand(2, 12, 12), "label": (torch.rand(1, 12, 12) > 0.5).float(),
+            "pred": torch.zeros(1, 12, 12)}
+    saver = OverlaySaver(tmp_path, num_cases=1)
+    evaluator = _overlay_evaluator()
+    saver.attach(evaluator)
+    evaluator.run([[item, item]], max_epochs=1)
+    assert saver.written == [tmp_path / "overlays" / "slice_7.png"]
+    with pytest.raises(ValueError):
+        OverlaySaver(tmp_path, interval=-1)

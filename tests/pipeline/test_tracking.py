@@ -349,3 +349,69 @@ def test_lone_evaluator_owns_the_run(store: Path, experiment: str) -> None:
     assert run.data.metrics == {"test_dice": 0.9, "test_dice_std": 0.1}
     assert _history(run.info.run_id, "test_dice") == [(0, 0.9)]
     assert run.data.params["split"] == "test"
+
+
+# ----------------------------------------------------------------------------------------------- continuing a run
+def _log_steps(run_id: str, key: str, steps: range, scale: float = 1.0) -> None:
+    from mlflow.entities import Metric
+
+    _client().log_batch(run_id, metrics=[Metric(key, scale * s, 1000 + s, s) for s in steps])
+
+
+def test_truncate_metric_history_deletes_later_steps_and_fixes_latest(store: Path, experiment: str) -> None:
+    client = _client()
+    exp_id = client.create_experiment(experiment)
+    run_id = client.create_run(exp_id).info.run_id
+    _log_steps(run_id, "loss", range(1, 6))
+    _log_steps(run_id, "loss", range(4, 6), scale=10.0)  # duplicates of steps 4, 5 (as a killed process leaves)
+    _log_steps(run_id, "late", range(4, 6))
+    assert tracking.truncate_metric_history(client, run_id, after_step=3) == 6
+    assert _history(run_id, "loss") == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    assert _history(run_id, "late") == []
+    assert client.get_run(run_id).data.metrics == {"loss": 3.0}  # latest value recomputed, "late" gone
+    assert tracking.truncate_metric_history(client, run_id, after_step=3) == 0
+    assert tracking.truncate_metric_history(object(), run_id, after_step=3) is None  # not an SQL store
+
+
+def test_resume_run_continues_the_same_run(store: Path, experiment: str) -> None:
+    first = MLflowTracker(experiment, params={"seed": 1, "resume": False})
+    first_trainer, _ = _engines(first, loss=Failing(at=5, exc=RuntimeError("died")))
+    with pytest.raises(RuntimeError):
+        first_trainer.run()  # epochs 1, 2 logged, failed in epoch 3
+    assert _client().get_run(first.run_id).info.status == "FAILED"
+
+    again = MLflowTracker(experiment, params={"seed": 1, "resume": True, "new_param": 7})
+    again.resume_run(first.run_id, epoch=1)
+    trainer, _ = _engines(again)
+    trainer.state.epoch, trainer.state.iteration = 1, 2  # as a checkpoint of epoch 1 would restore it
+    trainer.run()  # logs steps 2, 3: the failed process's step 2 must not stay next to the new one
+    assert again.run_id == first.run_id and again.run_name == first.run_name and again.resumed_from_epoch == 1
+    (run,) = _runs(experiment)
+    assert run.info.status == "FINISHED"
+    assert [s for s, _ in _history(run.info.run_id, "val_dice")] == [1, 2, 3]
+    assert [s for s, _ in _history(run.info.run_id, "train_loss")] == [1, 2, 3]
+    tags, params = run.data.tags, run.data.params
+    assert "error" not in tags and tags["resume_count"] == "1" and tags["resumed_from_epoch"] == "1"
+    (entry,) = json.loads(tags["resume_history"])
+    assert entry["previous_status"] == "FAILED" and entry["previous_error"] == "RuntimeError: died"
+    assert entry["removed_points"] == 3  # val_dice, train_loss, lr of step 2
+    assert params["resume"] == "false" and tags["resume.param.resume"] == "true"  # params never change
+    assert params["seed"] == "1" and "resume.param.seed" not in tags and params["new_param"] == "7"
+
+    # a second start of the same tracker without resume_run opens a new run again
+    trainer.run()
+    assert again.run_id != first.run_id and len(_runs(experiment)) == 2
+
+
+def test_resume_of_a_missing_run_creates_a_new_one(store: Path, experiment: str,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    tracker = MLflowTracker(experiment)
+    tracker.resume_run("0123456789abcdef0123456789abcdef", epoch=2)
+    with caplog.at_level("WARNING", logger="pipeline.tracking"):
+        _engines(tracker)[0].run()
+    assert "cannot continue MLflow run" in caplog.text
+    (run,) = _runs(experiment)
+    assert run.info.status == "FINISHED" and run.data.tags["resumed_from_run"] == "0123456789abcdef0123456789abcdef"
+    assert [s for s, _ in _history(run.info.run_id, "val_dice")] == [1, 2, 3]
+    with pytest.raises(ValueError):
+        tracker.resume_run("", epoch=1)
