@@ -48,7 +48,7 @@ def _configs(mode: int, evaluate: bool) -> str:
 def _run_bundle(mode: int, evaluate: bool, overrides: Sequence[str]) -> float:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", _configs(mode, evaluate), *overrides]
     start = time.time()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return time.time() - start

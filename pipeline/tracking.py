@@ -122,12 +122,17 @@ def git_commit(root: str | Path = REPO_ROOT) -> str:
     """The current git commit of ``root`` (with ``-dirty`` when the tree has changes), or ``unknown``."""
     try:
         sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=10,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
-            text=True,
+            encoding="utf-8", errors="replace",
             timeout=10,
         ).stdout.strip()
         return f"{sha}-dirty" if dirty else sha

@@ -208,7 +208,7 @@ def capture(chromium: str, url: str, png: Path, dom: Path, expect: Sequence[str]
             cmd = [chromium, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
                    f"--user-data-dir={profile}", f"--window-size={window_size}",
                    f"--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}", f"--screenshot={png}", "--dump-dom", url]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout_s)
         if proc.returncode != 0 or not png.is_file():
             raise RuntimeError(f"chromium wrote no screenshot ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
         dom.write_text(proc.stdout)

@@ -35,7 +35,8 @@ def test_screenshots_show_the_two_newest_runs_with_val_dice(tmp_path: Path) -> N
     client.set_terminated(client.create_run(exp_id, run_name="run-no-dice").info.run_id)  # newest, but no val_dice
     out = tmp_path / "shots"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--store", str(store), "--experiment", "varseg-compare",
-                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+                           "--out", str(out)], cwd=REPO, capture_output=True,
+                               encoding="utf-8", errors="replace", timeout=300)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-4000:]}"
     pngs = [Path(line) for line in proc.stdout.split()]
     assert [p.name.split("-")[0] for p in pngs] == ["compare", "chart"] and all(p.parent == out for p in pngs)

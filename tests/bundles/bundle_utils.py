@@ -21,7 +21,8 @@ def isolated_env(root: Path) -> dict[str, str]:
 def run_bundle(args: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m monai.bundle run <args>`` from the repository root; fails the test with its output on error."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
+                          encoding="utf-8", errors="replace", timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc

@@ -88,7 +88,8 @@ def test_torchrun_two_processes_log_one_run_and_save_a_plain_checkpoint(bundle: 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "monai.bundle", "run", "--config_file", repr(configs + [overlay]), *setup.overrides,
            "--num_threads", "1", "--max_epochs", "1"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
+                          encoding="utf-8", errors="replace", timeout=TIMEOUT_S)
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")

@@ -25,7 +25,7 @@ def test_spect_table_writes_markdown_csv_and_mlflow_run(tmp_path):
            "--synthetic_dir", str(data), "--synthetic_cases", "4", "--synthetic_shape", "[32,32,8]",
            "--models_root", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
            "--features", "4", "--batch_size", "8", "--num_threads", "2", "--max_epochs", "1"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     md = (out / "mode_table.md").read_text()
     assert "| otsu |" in md and "| mode1 |" in md and "| mode2 |" in md and "±" in md

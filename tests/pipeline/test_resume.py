@@ -71,7 +71,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def _train(ws: dict, name: str, *extra: str, config: str = TRAIN) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *ws["common"],
            "--ckpt_dir", str(ws["root"] / name / "models"), "--output_dir", str(ws["root"] / name / "eval"), *extra]
-    return subprocess.run(cmd, cwd=REPO, env=ws["env"], capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=REPO, env=ws["env"], capture_output=True,
+                          encoding="utf-8", errors="replace", timeout=600)
 
 
 def _client(ws: dict) -> mlflow.MlflowClient:

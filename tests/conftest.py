@@ -1,0 +1,21 @@
+"""Suite-wide fixtures."""
+
+from __future__ import annotations
+
+import locale
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _restore_locale():
+    """Put the process locale back after each test.
+
+    SimpleITK's DICOM writer (GDCM) switches the C locale to "C" and leaves it there, which turns Python's preferred
+    encoding into ASCII for every later test of the session (``subprocess.run(text=True)``, ``open()``). Tests that
+    write DICOM fixtures would otherwise change the behaviour of the tests that run after them.
+    """
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    if locale.setlocale(locale.LC_ALL) != saved:
+        locale.setlocale(locale.LC_ALL, saved)
