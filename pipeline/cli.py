@@ -4,7 +4,7 @@ Bundles themselves run through ``python -m monai.bundle run --config_file bundle
 
     varseg runs [--experiment varseg-lits] [--last 5]   # the runs, their metrics, UI command, chart/compare links
     varseg ui [--port 5000]                             # serve the MLflow UI on 127.0.0.1
-    varseg make-data {lits,lung,spect} OUT_DIR [--num-cases N] ...  # write synthetic phantoms in a dataset's layout
+    varseg make-data {lits,lung,spect,brats} OUT_DIR [--num-cases N] ...  # write synthetic phantoms in a dataset's layout
     varseg infer {lits,lung,spect} --input PATH [--output DIR] ...  # batch inference (see python -m pipeline.batch)
 """
 
@@ -75,9 +75,9 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _make_data(args: argparse.Namespace) -> int:
-    from pipeline.data import lits, lung, spect
+    from pipeline.data import brats, lits, lung, spect
 
-    generators = {"lits": lits.main, "lung": lung.main, "spect": spect.main}
+    generators = {"lits": lits.main, "lung": lung.main, "spect": spect.main, "brats": brats.main}
     return int(generators[args.dataset](args.rest))
 
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p_ui.set_defaults(func=_ui)
     p_data = sub.add_parser("make-data", help="write synthetic phantoms in a dataset's on-disk layout",
                             add_help=False)
-    p_data.add_argument("dataset", choices=["lits", "lung", "spect"], help="which dataset layout")
+    p_data.add_argument("dataset", choices=["lits", "lung", "spect", "brats"], help="which dataset layout")
     p_data.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the generator (try --help)")
     p_data.set_defaults(func=_make_data)
     p_infer = sub.add_parser("infer", help="batch inference with a bundle: masks, a per-case CSV, resumable",

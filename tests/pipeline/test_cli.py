@@ -170,3 +170,11 @@ def test_bad_arguments_exit() -> None:
         main([])
     with pytest.raises(SystemExit):
         main(["runs", "--last", "many"])
+
+
+def test_make_data_writes_brats_phantoms(tmp_path):
+    assert main(["make-data", "brats", str(tmp_path), "--num-cases", "1", "--shape", "32", "32", "24"]) == 0
+    case = tmp_path / "brats_000"
+    assert sorted(p.name for p in case.iterdir()) == [
+        f"brats_000_{m}.nii.gz" for m in ("flair", "seg", "t1", "t1ce", "t2")
+    ]
