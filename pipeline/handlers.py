@@ -1,5 +1,5 @@
 """Ignite handlers used by the bundles: per-case metric statistics and CSV reports, overlay figures, and resumable
-training checkpoints (model, optimizer, scheduler, trainer, random states and the MLflow run id)."""
+training checkpoints (model, optimizer, scheduler, trainer, random states, best validation and the MLflow run id)."""
 
 from __future__ import annotations
 
@@ -282,6 +282,40 @@ class _RunReference:
         pass
 
 
+class _BestValidation:
+    """Checkpoint entry with the best validation so far: what the key-metric ``CheckpointSaver`` remembers of the
+    model it saved (score and file name) and the evaluator's ``best_metric`` / ``best_metric_epoch``."""
+
+    def __init__(self, best_saver: Any = None, evaluator: Any = None) -> None:
+        self.checkpoint = getattr(best_saver, "_key_metric_checkpoint", None)  # ignite Checkpoint
+        if best_saver is not None and self.checkpoint is None:
+            raise ValueError("best_saver must be a CheckpointSaver with save_key_metric=True")
+        self.evaluator = evaluator
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        if self.checkpoint is not None:
+            state["saved"] = [[float(priority), str(name)] for priority, name in self.checkpoint._saved]
+        if self.evaluator is not None:
+            state["best_metric"] = float(self.evaluator.state.best_metric)
+            state["best_metric_epoch"] = int(self.evaluator.state.best_metric_epoch)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self.checkpoint is not None and "saved" in state:
+            handler = self.checkpoint.save_handler
+            names = [getattr(handler, "filename", None) or name for _, name in state["saved"]]
+            missing = [n for n in names if not (Path(handler.dirname) / n).is_file()]
+            if missing:
+                logger.warning("best-validation model file(s) %s not found in %s: the best score before the resume "
+                               "is not restored, the next validation saves a new one", missing, handler.dirname)
+            else:
+                self.checkpoint.load_state_dict({"_saved": [(p, n) for p, n in state["saved"]]})
+        if self.evaluator is not None and "best_metric" in state:
+            self.evaluator.state.best_metric = state["best_metric"]
+            self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
+
+
 class TrainingCheckpoint:
     """Save everything needed to resume training every ``interval`` epochs and at the end, and resume from it.
 
@@ -292,7 +326,10 @@ class TrainingCheckpoint:
       epoch ended;
     * ``rng`` (``save_rng``): the random generators (:class:`RandomStates` of the trainer's data loader), so the
       resumed epochs shuffle and augment as an uninterrupted run would;
-    * ``mlflow`` (with ``tracker``): the id, name, experiment and store of the MLflow run the training logs to.
+    * ``mlflow`` (with ``tracker``): the id, name, experiment and store of the MLflow run the training logs to;
+    * ``best_validation`` (with ``best_saver`` and/or ``evaluator``): the score and file name of the best-validation
+      model the key-metric ``CheckpointSaver`` wrote, and the evaluator's ``best_metric`` / ``best_metric_epoch``, so
+      after a resume a worse validation does not overwrite the best model of the epochs before the interruption.
 
     Only the newest checkpoint is kept; it is written by MONAI's ``CheckpointSaver`` (via ignite's atomic save).
 
@@ -311,11 +348,13 @@ class TrainingCheckpoint:
         tracker: the training's :class:`pipeline.tracking.MLflowTracker` (optional).
         save_rng: save (and on resume restore) the random generator states.
         log_final_model: with a ``tracker``, log the final weights when the run finishes.
+        best_saver: the validation's key-metric ``CheckpointSaver`` (``save_key_metric=True``, optional).
+        evaluator: the validation evaluator (optional), whose best metric and its epoch are kept.
     """
 
     def __init__(self, save_dir: str | Path, model: Any, optimizer: Any, lr_scheduler: Any = None,
                  interval: int = 1, resume: bool = False, tracker: Any = None, save_rng: bool = True,
-                 log_final_model: bool = True) -> None:
+                 log_final_model: bool = True, best_saver: Any = None, evaluator: Any = None) -> None:
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
         self.save_dir = Path(save_dir)
@@ -327,6 +366,7 @@ class TrainingCheckpoint:
         self.tracker = tracker
         self.save_rng = save_rng
         self.log_final_model = log_final_model
+        self.best = _BestValidation(best_saver, evaluator) if best_saver is not None or evaluator is not None else None
         self.resumed_from: Path | None = None
         self.resumed_epoch: int | None = None
         self.resumed_run_id: str | None = None
@@ -347,6 +387,8 @@ class TrainingCheckpoint:
         save_dict = {**self.objects, "trainer": engine}
         if self.save_rng:
             save_dict["rng"] = RandomStates(engine)
+        if self.best is not None:
+            save_dict["best_validation"] = self.best
         if self.tracker is not None:
             save_dict["mlflow"] = _RunReference(self.tracker)
             if self.log_final_model:
@@ -360,11 +402,16 @@ class TrainingCheckpoint:
             else:
                 logger.info("resuming from %s", path)
                 saved = torch.load(path, map_location="cpu", weights_only=True)
-                # entries an older checkpoint lacks (random states, run id) are not loaded; the others must be there
-                load_dict = {k: v for k, v in save_dict.items() if k != "mlflow" and (k in saved or k != "rng")}
+                # entries an older checkpoint lacks (random states, best validation, run id) are not loaded; the
+                # others must be there
+                optional = ("rng", "best_validation")
+                load_dict = {k: v for k, v in save_dict.items() if k != "mlflow" and (k in saved or k not in optional)}
                 if "rng" not in saved and self.save_rng:
                     logger.warning("%s holds no random generator states: the resumed epochs shuffle and augment "
                                    "differently from an uninterrupted run", path)
+                if "best_validation" not in saved and self.best is not None:
+                    logger.warning("%s holds no best validation score: the best score before the resume is unknown, "
+                                   "so the next validation overwrites the best-validation model", path)
                 self.resumed_from, self.resumed_epoch = path, checkpoint_epoch(saved["trainer"])
                 self.resumed_run_id = str((saved.get("mlflow") or {}).get("run_id") or "") or None
                 del saved

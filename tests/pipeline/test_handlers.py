@@ -1,4 +1,5 @@
-"""Tests of the bundle handlers: PerCaseMetrics (per-case std + CSV) and TrainingCheckpoint (save / resume)."""
+"""Tests of the bundle handlers: PerCaseMetrics (per-case std + CSV) and TrainingCheckpoint (save / resume, with the
+best-validation model)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
+from ignite.metrics import Metric
 from monai.data import DataLoader, MetaTensor
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
-from monai.handlers import MeanDice
+from monai.handlers import CheckpointSaver, MeanDice, ValidationHandler
 
 from pipeline.handlers import OverlaySaver, PerCaseMetrics, RandomStates, TrainingCheckpoint, checkpoint_epoch
 
@@ -464,6 +466,105 @@ def test_checkpoint_names_the_run_and_resume_hands_it_to_the_tracker(tmp_path: P
     fresh = _StubTracker(tmp_path / "mlruns")
     _shuffled_trainer(tmp_path / "ckpt", max_epochs=4, resume=False, tracker=fresh)
     assert fresh.resumed == []  # without resume: never a continued run
+
+
+# ----------------------------------------------------------------------------------------------- best validation
+class _ScriptedScore(Metric):
+    """A key metric whose value is scripted per trainer epoch (the evaluator runs at the trainer's epoch)."""
+
+    def __init__(self, scores: dict[int, float]) -> None:
+        self.scores, self.engine = scores, None
+        super().__init__()
+
+    def reset(self) -> None:
+        pass
+
+    def update(self, output: Any) -> None:
+        pass
+
+    def compute(self) -> float:
+        return self.scores[self.engine.state.epoch]
+
+
+SCORES = {1: 0.5, 2: 0.9, 3: 0.6, 4: 0.95, 5: 0.7}
+
+
+def _validated_trainer(save_dir: Path, max_epochs: int, resume: bool = False, seed: int = 0, best: bool = True):
+    """A training validated every epoch with scripted scores, whose key-metric CheckpointSaver writes model.pt."""
+    torch.manual_seed(seed)
+    net = torch.nn.Conv2d(1, 1, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    score = _ScriptedScore(SCORES)
+    best_saver = CheckpointSaver(save_dir=str(save_dir), save_dict={"model": net}, save_key_metric=True,
+                                 key_metric_filename="model.pt")
+    evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=DataLoader(_data()[:2], batch_size=2),
+                                    network=net, key_val_metric={"val_dice": score}, val_handlers=[best_saver])
+    score.engine = evaluator
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=max_epochs, train_data_loader=DataLoader(_data(), batch_size=BATCH),
+        network=net, optimizer=opt, loss_function=torch.nn.MSELoss(),
+        train_handlers=[ValidationHandler(validator=evaluator, interval=1, epoch_level=True)],
+    )
+    kwargs = {"best_saver": best_saver, "evaluator": evaluator} if best else {}
+    TrainingCheckpoint(save_dir, net, opt, resume=resume, **kwargs).attach(trainer)
+    record: dict[str, dict] = {"weights": {}, "model_pt": {}, "best": {}}
+
+    @trainer.on(Events.EPOCH_COMPLETED)  # after the validation of the epoch
+    def _record(engine: Engine) -> None:
+        epoch = engine.state.epoch
+        record["weights"][epoch] = {k: v.clone() for k, v in net.state_dict().items()}
+        record["model_pt"][epoch] = torch.load(save_dir / "model.pt", map_location="cpu", weights_only=True)
+        record["best"][epoch] = (evaluator.state.best_metric, evaluator.state.best_metric_epoch)
+
+    return trainer, record
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_best_validation_model_survives_a_resume(tmp_path: Path) -> None:
+    """Scores 0.5, 0.9, [stop], 0.6, 0.95, 0.7: after the resume the worse 0.6 epoch keeps the 0.9 epoch's model.pt
+    and the best score; the better 0.95 epoch replaces them."""
+    first, before = _validated_trainer(tmp_path, max_epochs=2)
+    first.run()
+    assert _same(before["model_pt"][2], before["weights"][2]) and not _same(before["weights"][1], before["weights"][2])
+    state = torch.load(tmp_path / "checkpoint_epoch=2.pt", weights_only=True)["best_validation"]
+    assert state == {"saved": [[0.9, "model_key_metric=0.9000.pt"]], "best_metric": 0.9, "best_metric_epoch": 2}
+
+    second, after = _validated_trainer(tmp_path, max_epochs=5, resume=True, seed=1)
+    second.run()
+    assert sorted(after["model_pt"]) == [3, 4, 5]
+    assert _same(after["model_pt"][3], before["weights"][2])  # 0.6 < 0.9: not overwritten
+    assert not _same(after["weights"][3], before["weights"][2])
+    assert after["best"][3] == (0.9, 2)
+    assert _same(after["model_pt"][4], after["weights"][4]) and after["best"][4] == (0.95, 4)  # better: replaced
+    assert _same(after["model_pt"][5], after["weights"][4]) and after["best"][5] == (0.95, 4)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["checkpoint_epoch=5.pt", "model.pt"]
+
+
+def test_resume_from_a_checkpoint_without_best_validation(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An older checkpoint (no best score) still resumes, with a warning; the next validation then saves model.pt."""
+    first, before = _validated_trainer(tmp_path, max_epochs=2, best=False)
+    first.run()
+    assert "best_validation" not in torch.load(tmp_path / "checkpoint_epoch=2.pt", weights_only=True)
+    with caplog.at_level(logging.WARNING, logger="pipeline.handlers"):
+        second, after = _validated_trainer(tmp_path, max_epochs=3, resume=True)
+        second.run()
+    assert "best score before the resume is unknown" in caplog.text
+    assert second.state.epoch == 3 and _same(after["model_pt"][3], after["weights"][3]) and after["best"][3] == (0.6, 3)
+
+
+def test_resume_with_the_best_model_file_missing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _validated_trainer(tmp_path, max_epochs=2)[0].run()
+    (tmp_path / "model.pt").unlink()
+    with caplog.at_level(logging.WARNING, logger="pipeline.handlers"):
+        second, after = _validated_trainer(tmp_path, max_epochs=3, resume=True)
+        second.run()
+    assert "not found" in caplog.text
+    assert _same(after["model_pt"][3], after["weights"][3])  # saved again, not a crash on removing the old file
+    with pytest.raises(ValueError, match="save_key_metric"):
+        TrainingCheckpoint(tmp_path, torch.nn.Linear(1, 1), None, best_saver=CheckpointSaver(str(tmp_path), {"m": torch.nn.Linear(1, 1)}))
 
 
 # ----------------------------------------------------------------------------------------------- overlays

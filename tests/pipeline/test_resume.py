@@ -168,6 +168,21 @@ def test_both_runs_log_the_complete_artifacts(workspace: dict, straight: str, re
     assert configs == {"config/merged_config.json", "config/resume_epoch=2"}
 
 
+def test_best_validation_model_equals_the_uninterrupted_runs(workspace: dict, straight: str, resumed: dict) -> None:
+    """The key-metric CheckpointSaver's best score is in the checkpoint: the resumed run keeps the model.pt (and the
+    best score and epoch) an uninterrupted run ends with."""
+    best_step, best = max(_history(_client(workspace), straight, "val_dice"), key=lambda point: point[1])
+    models = {name: workspace["root"] / name / "models" for name in ("a", "b")}
+    for folder in models.values():
+        state = torch.load(folder / f"checkpoint_epoch={EPOCHS}.pt", weights_only=True)["best_validation"]
+        assert state["best_metric_epoch"] == best_step and state["best_metric"] == pytest.approx(best, rel=1e-6)
+        assert [p for p, _ in state["saved"]] == [pytest.approx(best, rel=1e-6)]
+    a, b = (torch.load(folder / "model.pt", weights_only=True) for folder in models.values())
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-6, atol=1e-7)
+
+
 # ----------------------------------------------------------------------------------------------- in process
 class _FailAt(torch.nn.Module):
     """MSE loss raising RuntimeError on call ``at`` (None: never)."""
