@@ -627,7 +627,7 @@ def execute(
             hint = f" ({ckpt_hint})" if ckpt_hint else ""
             raise BatchError(f"checkpoint {ckpt_path} not found{hint}")
         entries = index_inputs(str(input_path), layout or "auto", modalities=list(modalities) if modalities else None,
-                               identify=identify)
+                               identify=identify, missing_modalities="keep")
         if not entries:
             raise BatchError(f"nothing to do: no input case found in {input_path}")
         if hasattr(predictor, "load"):

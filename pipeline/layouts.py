@@ -631,7 +631,7 @@ def brats_modalities_available(root: str | Path) -> dict[str, list[str]]:
 
 
 def index_brats(root: str | Path, modalities: Sequence[str] | None = BRATS_MODALITIES,
-                require_labels: bool = True) -> list[dict[str, Any]]:
+                require_labels: bool = True, missing_modalities: str = "raise") -> list[dict[str, Any]]:
     """Datalist of BraTS cases (2015, 2018-2021, 2023+ naming, or the DeepMedic copy of BraTS 2015).
 
     Accepted per case folder (cases directly under ``root`` or in sub-folders such as ``HGG/``, ``LGG/``,
@@ -649,6 +649,9 @@ def index_brats(root: str | Path, modalities: Sequence[str] | None = BRATS_MODAL
         modalities: modalities in the order wanted (t1, t1ce or t1c, t2, flair or t2f; case-insensitive); None
             takes the modalities every case has (in the order t1, t1ce, t2, flair).
         require_labels: demand a label in every case.
+        missing_modalities: ``"raise"`` (a case without a requested modality is an error) or ``"keep"`` (the case
+            is listed with an empty path for each missing modality and ``"missing_modalities"``, a warning is
+            logged, so a batch can report that case as failed and go on with the others).
 
     Returns:
         ``[{"case", "image": [one path per modality], "label", "mask" (DeepMedic), "kind": "nifti"|"itk",
@@ -660,6 +663,8 @@ def index_brats(root: str | Path, modalities: Sequence[str] | None = BRATS_MODAL
             ``require_labels``), a case name appears twice, or a case has two files for one modality.
         ValueError: for an unknown or repeated modality name.
     """
+    if missing_modalities not in ("raise", "keep"):
+        raise ValueError(f"missing_modalities must be 'raise' or 'keep', got {missing_modalities!r}")
     wanted = _canonical_modalities(modalities) if modalities is not None else None
     folder = _absolute(root)
     _require_folder(folder, "BraTS folder")
@@ -679,20 +684,25 @@ def index_brats(root: str | Path, modalities: Sequence[str] | None = BRATS_MODAL
     for name, case in cases.items():
         files, found = case["files"], _found_modalities(case)
         missing = [m for m in wanted if m not in files]
-        if missing:
+        if missing and missing_modalities == "raise":
             raise LayoutError(f"BraTS case folder {case['folder']} lacks modality {', '.join(missing)} (requested "
                               f"{', '.join(wanted)}; found {', '.join(found)}); pass modalities=({', '.join(found)}) "
                               f"to use what is there")
+        if missing:
+            logger.warning("BraTS case folder %s lacks modality %s (found %s)", case["folder"], ", ".join(missing),
+                           ", ".join(found))
         if require_labels and "label" not in files:
             raise LayoutError(f"BraTS case folder {case['folder']} has no label (_seg, -seg, OT or OTMultiClass file); "
                               f"pass require_labels=False for unlabelled cases")
-        images = [str(files[m]) for m in wanted]
+        images = [str(files[m]) if m in files else "" for m in wanted]
         entry: dict[str, Any] = {"case": name, "image": images}
+        if missing:
+            entry["missing_modalities"] = missing
         if "label" in files:
             entry["label"] = str(files["label"])
         if "mask" in files:
             entry["mask"] = str(files["mask"])
-        kinds = {_image_kind(p) for p in images}
+        kinds = {_image_kind(p) for p in images if p}
         entry.update({"kind": "nifti" if kinds == {"nifti"} else "itk", "layout": "brats", "modalities": list(wanted),
                       "label_convention": _CONVENTIONS[case["scheme"]]})
         datalist.append(entry)
@@ -763,7 +773,8 @@ def _detect(path: Path) -> str:
 
 
 def index_inputs(path: str | Path, layout: str = "auto", *, modalities: Sequence[str] | None = None,
-                 require_labels: bool = False, identify: bool = False) -> list[dict[str, Any]]:
+                 require_labels: bool = False, identify: bool = False,
+                 missing_modalities: str = "raise") -> list[dict[str, Any]]:
     """Datalist of whatever ``path`` holds: an image file, a DICOM file or folder, a JSON datalist or a data set.
 
     Args:
@@ -777,6 +788,8 @@ def index_inputs(path: str | Path, layout: str = "auto", *, modalities: Sequence
         require_labels: demand a label for every case (JSON datalists: only the labelled ``"training"`` and
             ``"validation"`` lists are read). An error for layouts that never have labels (file, folder, DICOM).
         identify: DICOM only: name cases after their folder and series UID instead of a pseudonym.
+        missing_modalities: BraTS only: ``"raise"`` or ``"keep"`` a case that lacks a requested modality (see
+            :func:`index_brats`).
 
     Returns:
         The datalist (see the module docstring for the keys).
@@ -816,7 +829,8 @@ def index_inputs(path: str | Path, layout: str = "auto", *, modalities: Sequence
         splits = _LABELLED_SPLITS if require_labels else ("training", "validation", "test")
         return _index_json(source, splits, require_labels, modalities)
     if chosen == "brats":
-        return index_brats(source, modalities=modalities, require_labels=require_labels)
+        return index_brats(source, modalities=modalities, require_labels=require_labels,
+                           missing_modalities=missing_modalities)
     _require_folder(source, f"{chosen} folder")
     if chosen == "lits":
         return _tag(index_lits(source, require_labels=require_labels), "lits", "nifti")

@@ -570,3 +570,23 @@ def test_sigkill_halfway_then_rerun_finishes_the_rest(tmp_path: Path) -> None:
     assert {rows[c]["status"] for c in rows} <= {"done", "skipped"}
     assert sum(rows[c]["status"] == "skipped" for c in rows) == len(first)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_brats_case_missing_a_modality_fails_alone_in_a_batch(tmp_path: Path) -> None:
+    """A BraTS folder where one case lacks FLAIR: indexing for a batch keeps it, the batch fails that case only."""
+    from pipeline.layouts import LayoutError
+
+    shape = (16, 16, 4)
+    for case, modalities in (("BraTS20_Training_001", ("t1", "flair")), ("BraTS20_Training_002", ("t1",))):
+        for m in modalities:
+            _save(tmp_path / "brats" / case / f"{case}_{m}.nii.gz", _ct(shape, 0), _affine(0))
+    with pytest.raises(LayoutError, match="lacks modality flair"):
+        index_inputs(tmp_path / "brats", modalities=["t1", "flair"])
+    entries = index_inputs(tmp_path / "brats", modalities=["t1", "flair"], missing_modalities="keep")
+    assert [e.get("missing_modalities") for e in entries] == [None, ["flair"]]
+    report = run_batch(entries, _threshold, tmp_path / "out", "seg", progress=False)
+    rows = _rows(tmp_path / "out" / "cases.csv")
+    assert rows["BraTS20_Training_001"]["status"] == "done"
+    assert rows["BraTS20_Training_002"]["status"] == "failed"
+    assert rows["BraTS20_Training_002"]["reason"] == "missing modality flair"
+    assert report.exit_code == 1
