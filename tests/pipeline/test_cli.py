@@ -18,19 +18,7 @@ from pipeline.cli import main
 from pipeline.tracking import MLflowTracker
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_sqlite():
-    """Throwaway test stores need no fsync: creating the MLflow schema drops from seconds to under one."""
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-
-    def no_sync(dbapi_connection, _record) -> None:
-        if type(dbapi_connection).__module__.startswith("sqlite3"):
-            dbapi_connection.execute("PRAGMA synchronous=OFF")
-
-    event.listen(Engine, "connect", no_sync)
-    yield
-    event.remove(Engine, "connect", no_sync)
+pytestmark = pytest.mark.usefixtures("fast_sqlite")
 
 
 @pytest.fixture
