@@ -13,6 +13,7 @@ from .guidance import (
     GeodesicDistanceDict,
 )
 from .intensity import LITS_WINDOW, HUWindow, HUWindowd, HUWindowD, HUWindowDict, check_hounsfield
+from .masking import RestrictToMask, RestrictToMaskd, RestrictToMaskD, RestrictToMaskDict, mask_region
 from .slices import (
     StackAdjacentSlices,
     StackAdjacentSlicesd,
