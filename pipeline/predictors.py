@@ -7,6 +7,8 @@ RAS-reoriented array exactly like the bundles' MONAI pipelines did (``LoadImaged
 intensity transform → :class:`pipeline.slicing.AdjacentSliceInferer` → post-processing → ``Invertd``):
 
 * :func:`lits_predictor`: fixed HU window, 2.5D polyphase U-Net, softmax, argmax, class → label map;
+* :func:`brats_predictor`: per-modality z-score inside the brain (or clip already z-scored input), 2.5D polyphase
+  U-Net over ``modalities × num_slices`` channels, softmax, argmax, class → label map;
 * :func:`spect_predictor`: percentile intensity scaling, 2D RCNN, ``logit > 0``;
 * :class:`SelectivePredictor`: the lung (selective) VM-Net on every axial slice that holds clicks from the case's
   markers file (``entry["markers"]``).
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "SelectivePredictor",
     "SlicePredictor",
+    "brats_predictor",
     "lits_predictor",
     "load_weights",
     "segment_selective",
@@ -164,6 +167,43 @@ def lits_predictor(
         probabilities = torch.softmax(output, dim=0)
         classes = torch.argmax(probabilities, dim=0)
         return lut.to(classes.device)[classes]
+
+    return SlicePredictor(network, ckpt_path, _intensity, _post, num_slices=num_slices, batch_size=batch_size,
+                          divisible=divisible, device=device, inferer=inferer)
+
+
+def brats_predictor(
+    network: torch.nn.Module,
+    ckpt_path: str | Path | None,
+    modalities: Sequence[str] = ("t1", "t1ce", "t2", "flair"),
+    already_normalized: bool = False,
+    clip: float | Sequence[float] | None = 10.0,
+    num_slices: int = 3,
+    batch_size: int = 32,
+    target_labels: Sequence[int] = (0, 1),
+    device: str | torch.device = "cpu",
+    divisible: int = 16,
+    inferer: Any = None,
+) -> SlicePredictor:
+    """The BraTS predictor: per-modality normalisation, 2.5D network, softmax, argmax, class ``c`` → label.
+
+    The volumes come in the order of ``modalities`` (one :class:`pipeline.volumes.Volume` each, sharing one
+    geometry). Each is z-scored inside the brain ("any modality > 0"), or only clipped when the input is
+    ``already_normalized`` (e.g. the DeepMedic copy of BraTS 2015), as :class:`transforms.NormalizeModalitiesd`
+    does in training. ``target_labels[c]`` is the saved label of class ``c`` (default: 1 = complete tumour).
+    """
+    from transforms import NormalizeModalities
+
+    normalize = NormalizeModalities(list(modalities), already_normalized=already_normalized, clip=clip)
+    lut = torch.as_tensor([int(t) for t in target_labels], dtype=torch.int64)
+
+    def _intensity(image: torch.Tensor, source: str) -> torch.Tensor:
+        return torch.as_tensor(normalize(image, source=source))
+
+    def _post(output: torch.Tensor) -> torch.Tensor:
+        if output.shape[0] != len(lut):
+            raise RuntimeError(f"the network gives {output.shape[0]} classes but target_labels has {len(lut)}")
+        return lut.to(output.device)[torch.argmax(torch.softmax(output, dim=0), dim=0)]
 
     return SlicePredictor(network, ckpt_path, _intensity, _post, num_slices=num_slices, batch_size=batch_size,
                           divisible=divisible, device=device, inferer=inferer)

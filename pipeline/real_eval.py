@@ -1,6 +1,6 @@
 """Evaluate a trained bundle on the small real sample cases that fit it.
 
-    python -m pipeline.real_eval <lits|lung|spect> [--real-data DIR] [--out DIR] [--method m4|mode1] [--no-mlflow]
+    python -m pipeline.real_eval <lits|lung|spect|brats> [--real-data DIR] [--out DIR] [--method m4|mode1] [--no-mlflow]
         [--key value ...]
 
 The real-data folder (``--real-data``, else ``VARSEG_REAL_DATA``, else ``../shared/data/real``; see
@@ -19,6 +19,14 @@ that fit a bundle are used, and only the comparisons their labels allow:
   that region with the bundle's slicer settings (seeded as :meth:`pipeline.selective.SelectiveSlices.from_volume`
   seeds them), then the trained VM-Net (``--method``, default m4) and the per-image TV baseline (the bundle's TV
   settings, ``mu`` = the middle of ``tv_mu_grid``) segment it; Dice and Jaccard against the region, per slice.
+* **brats**: the four BraTS 2015 cases of ``c_brain_mr/deepmedic_brats2015/`` (FLAIR and T1c only, already z-scored
+  inside the brain, 1 mm, with the brain mask and the manual labels ``OTMultiClass`` 0-4). The model trained on
+  FLAIR + T1c phantoms (``methods/flair_t1ce.json``) segments each case with the settings of
+  ``configs/real_eval.json``: input clipped like in training, 0 outside the brain mask (the phantoms' z-scored
+  background), then once on the native grid and once resampled to ``real_eval_spacings_mm`` (the phantoms show a
+  brain at about 0.4 times real size on 1 mm voxels, so 2.5 mm puts a real brain at the size the network saw);
+  class probabilities go back to the native grid (trilinear), argmax, inside the brain. Complete tumour
+  (label > 0): Dice, Jaccard, precision, recall per case and grid.
 * **spect**: ``d_nm/nema_wg04/NM1_UNC.dcm`` is checked first (:func:`spect_applicability`); a planar NM image is
   reported as ``not applicable`` with the reason. A reconstructed 3-D SPECT volume would be segmented and its
   predicted bone volume reported (no reference).
@@ -68,7 +76,7 @@ __all__ = [
     "spect_applicability",
 ]
 
-BUNDLES = ("lits", "lung", "spect")
+BUNDLES = ("lits", "lung", "spect", "brats")
 DEFAULT_METHODS = {"lung": "m4", "spect": "mode1"}
 METHOD_CHOICES = {"lung": ("m1", "m2", "m3", "m4"), "spect": ("mode1", "mode2", "mode3", "mode4")}
 _TS = "a_liver_ct/totalsegmentator"
@@ -84,6 +92,8 @@ LUNG_CASE: tuple[str, str] = (f"{_TS}/example_ct_sm.nii.gz", f"{_TS}/example_seg
 LEFT_LUNG_LABELS = (10, 11)
 """Left upper and lower lobe in the TotalSegmentator v2 class map."""
 LUNG_SLICES = 3
+BRATS_FOLDER = "c_brain_mr/deepmedic_brats2015"
+"""The DeepMedic copy of BraTS 2015 cases, relative to the real-data folder."""
 SPECT_CASE = "d_nm/nema_wg04/NM1_UNC.dcm"
 """The only nuclear-medicine file of the real-data folder, relative to it."""
 _RECON_TYPES = ("RECON TOMO", "RECON GATED TOMO")
@@ -96,6 +106,8 @@ _TRAIN_COMMANDS = {
     "spect": "python -m monai.bundle run --config_file \"['bundles/spect/configs/train.json',"
              "'bundles/spect/configs/methods/{method}.json']\"",
     "spect-mode1": "python -m monai.bundle run --config_file bundles/spect/configs/train.json",
+    "brats": "python -m monai.bundle run --config_file \"['bundles/brats/configs/train.json',"
+             "'bundles/brats/configs/methods/flair_t1ce.json']\"",
 }
 
 
@@ -241,7 +253,8 @@ def _one_line(text: Any) -> str:
 
 
 def _load_config(bundle: str, method: str | None, overrides: Mapping[str, Any]) -> Any:
-    """The bundle's inference config (as :mod:`pipeline.batch` builds it) with ``method`` and ``overrides`` set."""
+    """The bundle's inference config (as :mod:`pipeline.batch` builds it, then ``configs/real_eval.json`` where the
+    bundle has one) with ``method`` and ``overrides`` set."""
     from monai.bundle import ConfigParser
 
     from pipeline.batch import BatchError, _config_files
@@ -250,6 +263,9 @@ def _load_config(bundle: str, method: str | None, overrides: Mapping[str, Any]) 
         files = _config_files(bundle, method)
     except BatchError as err:
         raise RealEvalError(str(err)) from None
+    real_eval_config = Path(files[-1]).with_name("real_eval.json")  # real-data settings merged last, if any
+    if real_eval_config.is_file():
+        files = [*files, str(real_eval_config)]
     config = ConfigParser()
     config.read_config(files if len(files) > 1 else files[0])
     if method is not None:
@@ -497,6 +513,101 @@ def _evaluate_spect(config: Any, root: Path) -> tuple[list[dict[str, Any]], list
     return [row], _SPECT_COLUMNS
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# BraTS
+# ----------------------------------------------------------------------------------------------------------------
+
+_BRATS_COLUMNS = ["case", "grid_mm", "status", "reason", "dice", "jaccard", "precision", "recall",
+                  "tumour_ml_predicted", "tumour_ml_reference", "runtime_s", "mask"]
+
+
+def _brats_scores(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    tp = float(np.logical_and(pred, ref).sum())
+    p, r = float(pred.sum()), float(ref.sum())
+    nan = float("nan")
+    return {"dice": 2 * tp / (p + r) if p + r else nan, "jaccard": tp / (p + r - tp) if p + r - tp else nan,
+            "precision": tp / p if p else nan, "recall": tp / r if r else nan}
+
+
+def _evaluate_brats(config: Any, root: Path, out_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.layouts import index_brats
+    from pipeline.predictors import load_weights
+    from pipeline.volumes import CaseError, read_volume, write_mask
+    from transforms import NormalizeModalities
+
+    modalities = [str(m) for m in config.get_parsed_content("modalities")]
+    grids = [float(g) for g in config.get_parsed_content("real_eval_spacings_mm")]
+    tumour = int(config.get_parsed_content("tumour_channel"))
+    normalize = NormalizeModalities(modalities, already_normalized=bool(config.get_parsed_content(
+        "already_normalized")), clip=config.get_parsed_content("intensity_clip"))
+    device = config.get_parsed_content("device")
+    network = config.get_parsed_content("network")
+    load_weights(network, config.get_parsed_content("ckpt_path"), device)
+    inferer = config.get_parsed_content("inferer")
+    entries = index_brats(root / BRATS_FOLDER, modalities=modalities)
+    rows = []
+    for entry in entries:
+        case = str(entry["case"])
+        try:
+            volumes = [read_volume(p) for p in entry["image"]]
+            first = volumes[0]
+            image = torch.stack([torch.as_tensor(v.to_ras(), dtype=torch.float32) for v in volumes])
+            image = torch.as_tensor(normalize(image, source=f"case '{case}'"))
+            brain = read_volume(entry["mask"]).to_ras() > 0.5 if entry.get("mask") else \
+                (image != image.amin()).any(0).numpy()
+            image[:, ~torch.as_tensor(brain)] = 0.0
+            reference = read_volume(entry["label"]).to_ras() > 0
+            if reference.shape != brain.shape or image.shape[1:] != reference.shape:
+                raise CaseError(f"label {entry['label']} does not share the image grid {tuple(image.shape[1:])}")
+            spacing = np.linalg.norm(first.ras_affine[:3, :3], axis=0)
+            voxel_ml = float(np.prod(spacing)) / 1000.0
+        except (CaseError, ValueError, RuntimeError, OSError) as err:
+            rows.append({"case": case, "status": "failed", "reason": _one_line(err)[:300]})
+            continue
+        for grid in grids:
+            start = time.perf_counter()
+            row: dict[str, Any] = {"case": case, "grid_mm": grid}
+            try:
+                size = [max(16, int(round(n * s / grid))) for n, s in zip(image.shape[1:], spacing)]
+                x = image[None]
+                if list(size) != list(image.shape[1:]):
+                    x = F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+                with torch.no_grad():
+                    prob = torch.softmax(inferer(x.to(device), network).float().cpu(), dim=1)
+                    if list(size) != list(image.shape[1:]):
+                        prob = F.interpolate(prob, size=list(image.shape[1:]), mode="trilinear", align_corners=False)
+                pred = (prob[0].argmax(0) == tumour).numpy() & brain
+                mask = write_mask(first.from_ras(pred.astype(np.uint8)), first,
+                                  out_dir / "masks" / f"{case}_tumour_grid{grid:g}mm.nii.gz", overwrite=True)
+                row.update(status="done", reason="", **_brats_scores(pred, reference),
+                           tumour_ml_predicted=float(pred.sum()) * voxel_ml,
+                           tumour_ml_reference=float(reference.sum()) * voxel_ml,
+                           mask=str(Path("masks") / mask.name))
+            except (CaseError, ValueError, RuntimeError, OSError) as err:
+                row.update(status="failed", reason=_one_line(err)[:300])
+            row["runtime_s"] = round(time.perf_counter() - start, 2)
+            rows.append(row)
+    return rows, _BRATS_COLUMNS
+
+
+def _brats_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    lines = ["| case | grid (mm) | status | Dice | Jaccard | precision | recall | tumour mL predicted / reference |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['case']} | {_fmt(r.get('grid_mm'), 1)} | {r['status']} | {_fmt(r.get('dice'))} | "
+                     f"{_fmt(r.get('jaccard'))} | {_fmt(r.get('precision'))} | {_fmt(r.get('recall'))} | "
+                     f"{_fmt(r.get('tumour_ml_predicted'), 1)} / {_fmt(r.get('tumour_ml_reference'), 1)} |"
+                     + (f" {r['reason']}" if r.get("reason") else ""))
+    for grid in sorted({r["grid_mm"] for r in rows if "grid_mm" in r}):
+        grid_rows = [r for r in rows if r.get("grid_mm") == grid]
+        lines.append(f"| **mean** | {grid:g} | | {_fmt(_mean(grid_rows, 'dice'))} | {_fmt(_mean(grid_rows, 'jaccard'))} "
+                     f"| {_fmt(_mean(grid_rows, 'precision'))} | {_fmt(_mean(grid_rows, 'recall'))} | |")
+    return "\n".join(lines)
+
+
 def _spect_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| case | status | spacing (mm) | predicted bone mL (no ground truth) | reason |", "|---|---|---|---|---|"]
     for r in rows:
@@ -514,9 +625,6 @@ def _check_start(bundle: str, real_data: str | Path | None, method: str | None) 
     """Validate the bundle, the method and the real-data folder; returns ``(real-data folder, method)``."""
     from pipeline.paths import real_data_root
 
-    if bundle == "brats":
-        raise RealEvalError("the BraTS bundle does not exist yet (no bundles/brats/); real-data evaluation is "
-                            f"available for {', '.join(BUNDLES)}")
     if bundle not in BUNDLES:
         raise RealEvalError(f"unknown bundle {bundle!r}; expected one of {', '.join(BUNDLES)}")
     if method is not None and bundle not in METHOD_CHOICES:
@@ -528,7 +636,7 @@ def _check_start(bundle: str, real_data: str | Path | None, method: str | None) 
     root = Path(real_data).expanduser().resolve() if real_data else real_data_root()
     if not root.is_dir():
         raise RealEvalError(f"real-data folder {root} not found: set VARSEG_REAL_DATA to the folder holding "
-                            "a_liver_ct/ and d_nm/ (see its PROVENANCE.md) or pass --real-data DIR")
+                            "a_liver_ct/, c_brain_mr/ and d_nm/ (see its PROVENANCE.md) or pass --real-data DIR")
     return root, method
 
 
@@ -555,9 +663,10 @@ def _track(result: RealEvalResult, experiment: str, params: Mapping[str, Any], t
         tracker.start_run()
         metrics = {k: v for k, v in result.summary.get("metrics", {}).items() if isinstance(v, (int, float))}
         for row in result.rows:
-            for key in ("liver_dice", "lesion_ml_predicted", "vm_dice", "tv_dice", "bone_ml_predicted"):
+            for key in ("liver_dice", "lesion_ml_predicted", "vm_dice", "tv_dice", "bone_ml_predicted", "dice"):
                 if isinstance(row.get(key), float):
-                    suffix = f"{row['case']}" + (f".slice{row['slice']}" if "slice" in row else "")
+                    suffix = f"{row['case']}" + (f".slice{row['slice']}" if "slice" in row else "") + (
+                        f".grid{row['grid_mm']:g}mm" if "grid_mm" in row else "")
                     metrics[f"{key}.{suffix}"] = row[key]
         tracker.log_metrics(metrics)
         for name in ("cases.csv", "summary.json", "summary.md"):
@@ -579,7 +688,7 @@ def evaluate(bundle: str, real_data: str | Path | None = None, out_dir: str | Pa
     """Evaluate a trained bundle on the real cases that fit it; write the outputs; log one MLflow run.
 
     Args:
-        bundle: ``lits``, ``lung`` or ``spect``.
+        bundle: ``lits``, ``lung``, ``spect`` or ``brats``.
         real_data: the real-data folder (default :func:`pipeline.paths.real_data_root`).
         out_dir: output folder (default ``bundles/<bundle>/eval/real``).
         method: lung ``m1``-``m4`` (default ``m4``), spect ``mode1``-``mode4`` (default ``mode1``).
@@ -591,7 +700,7 @@ def evaluate(bundle: str, real_data: str | Path | None = None, out_dir: str | Pa
         The :class:`RealEvalResult`.
 
     Raises:
-        RealEvalError: unknown bundle (brats included), bad method, missing real-data folder or checkpoint, a
+        RealEvalError: unknown bundle, bad method, missing real-data folder or checkpoint, a
             config that cannot be built, or no case of the bundle in the folder.
     """
     overrides = dict(overrides or {})
@@ -610,7 +719,8 @@ def evaluate(bundle: str, real_data: str | Path | None = None, out_dir: str | Pa
     if not ckpt_path.is_file():
         raise RealEvalError(f"bundle {bundle} has no trained checkpoint {ckpt_path}: train first: "
                             f"{_train_command(bundle, method)}")
-    expected = {"lits": [p for pair in LITS_CASES for p in pair], "lung": list(LUNG_CASE), "spect": [SPECT_CASE]}
+    expected = {"lits": [p for pair in LITS_CASES for p in pair], "lung": list(LUNG_CASE), "spect": [SPECT_CASE],
+                "brats": [BRATS_FOLDER]}
     if not any((root / rel).exists() for rel in expected[bundle]):
         raise RealEvalError(f"no real case for bundle {bundle} in {root} (expected {', '.join(expected[bundle])})")
     if "num_threads" in overrides:
@@ -629,6 +739,14 @@ def evaluate(bundle: str, real_data: str | Path | None = None, out_dir: str | Pa
             table = _lung_table(rows, str(method))
             metrics = {"vm_dice_mean": _mean(rows, "vm_dice"), "vm_jaccard_mean": _mean(rows, "vm_jaccard"),
                        "tv_dice_mean": _mean(rows, "tv_dice"), "tv_jaccard_mean": _mean(rows, "tv_jaccard")}
+        elif bundle == "brats":
+            rows, columns = _evaluate_brats(config, root, out)
+            table = _brats_table(rows)
+            metrics = {}
+            for grid in sorted({r["grid_mm"] for r in rows if "grid_mm" in r}):
+                grid_rows = [r for r in rows if r.get("grid_mm") == grid]
+                for key in ("dice", "jaccard", "precision", "recall"):
+                    metrics[f"{key}_mean.grid{grid:g}mm"] = _mean(grid_rows, key)
         else:
             rows, columns = _evaluate_spect(config, root)
             table = _spect_table(rows)
@@ -645,7 +763,8 @@ def evaluate(bundle: str, real_data: str | Path | None = None, out_dir: str | Pa
         "checkpoint_sha256": _sha256_prefix(ckpt_path),
         "real_data": root.name,
         "cases": cases,
-        "statuses": {r["case"] + (f"/slice{r['slice']}" if "slice" in r else ""): r["status"] for r in rows},
+        "statuses": {r["case"] + (f"/slice{r['slice']}" if "slice" in r else "")
+                     + (f"/grid{r['grid_mm']:g}mm" if "grid_mm" in r else ""): r["status"] for r in rows},
         "metrics": {k: v for k, v in metrics.items() if v is not None},
     }
     result = RealEvalResult(bundle, rows, summary, table, out, columns)
@@ -677,7 +796,7 @@ def _build_parser(prog: str) -> _ArgumentParser:
                     "failed or is missing, 2: unknown bundle, no real-data folder, no checkpoint.",
         epilog="Any other --key value pair overrides the bundle's inference config (e.g. --ckpt_path m.pt "
                "--num_threads 1).")
-    parser.add_argument("bundle", help="lits, lung or spect")
+    parser.add_argument("bundle", help="lits, lung, spect or brats")
     parser.add_argument("--real-data", default=None,
                         help="real-data folder (default: $VARSEG_REAL_DATA, else ../shared/data/real)")
     parser.add_argument("--out", default=None, help="output folder (default: bundles/<bundle>/eval/real)")

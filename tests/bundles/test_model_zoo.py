@@ -32,6 +32,7 @@ BUNDLES: dict[str, tuple[list[str], dict[str, int], tuple[int, ...]]] = {
     "lits": (["inference.json"], {"n": 2}, (2, 3, 32, 48)),
     "lung": (["train.json", "inference.json"], {"n": 2}, (2, 2, 32, 48)),
     "spect": (["inference.json"], {"any": 23}, (2, 1, 23, 31)),
+    "brats": (["inference.json"], {"n": 2}, (2, 12, 32, 48)),
 }
 TOP_LEVEL_KEYS = (
     "schema", "version", "changelog", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",

@@ -22,7 +22,7 @@ import torch
 from mlflow.entities import ViewType
 from monai.bundle import ConfigParser
 
-from pipeline.data import generate_lits_phantoms, generate_lung_phantoms, generate_spect_phantoms
+from pipeline.data import generate_brats_phantoms, generate_lits_phantoms, generate_lung_phantoms, generate_spect_phantoms
 
 from bundle_utils import isolated_env
 
@@ -65,7 +65,15 @@ def _lung(root: Path) -> Setup:
     return Setup(["train.json", "methods/m4.json"], overrides, root / "models" / "m4", {"features": 8, "levels": 2})
 
 
-SETUPS: dict[str, Callable[[Path], Setup]] = {"lits": _lits, "spect": _spect, "lung": _lung}
+def _brats(root: Path) -> Setup:
+    generate_brats_phantoms(root / "data", num_cases=6, shape=(32, 32, 8), seed=0, progress=False)
+    overrides = ["--synthetic_dir", str(root / "data"), "--synthetic_cases", "6", "--synthetic_shape", "[32,32,8]",
+                 "--val_fraction", "0.25", "--ckpt_dir", str(root / "models"), "--output_dir", str(root / "eval"),
+                 "--features", "4", "--batch_size", "4"]
+    return Setup(["train.json"], overrides, root / "models", {"features": 4})
+
+
+SETUPS: dict[str, Callable[[Path], Setup]] = {"lits": _lits, "spect": _spect, "lung": _lung, "brats": _brats}
 
 
 def _network_def(config_files: list[str], overrides: dict[str, Any]) -> torch.nn.Module:
