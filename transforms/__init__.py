@@ -12,6 +12,7 @@ from .guidance import (
     GeodesicDistanceD,
     GeodesicDistanceDict,
 )
+from .class_assignment import BrightestClass, BrightestClassd, BrightestClassD, BrightestClassDict
 from .intensity import LITS_WINDOW, HUWindow, HUWindowd, HUWindowD, HUWindowDict, check_hounsfield
 from .masking import RestrictToMask, RestrictToMaskd, RestrictToMaskD, RestrictToMaskDict, mask_region
 from .slices import (
