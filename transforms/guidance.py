@@ -44,6 +44,8 @@ from monai.utils.type_conversion import convert_data_type, convert_to_dst_type, 
 from scipy.ndimage import distance_transform_edt
 from skimage.filters import threshold_multiotsu
 
+from .eikonal import sweep_travel_time, sweep_travel_time_numpy
+
 __all__ = [
     "GeodesicDistance",
     "EdgeIndicator",
@@ -64,6 +66,8 @@ __all__ = [
 _SEED_BALL_RADIUS = 2.0
 # Values this far outside [0, 1] (rounding of resampled or rescaled images) are still accepted as [0, 1].
 _RANGE_TOLERANCE = 1e-6
+# Solvers of GeodesicDistance: scikit-fmm's fast marching (exact reference) or the raster sweeps of transforms.eikonal.
+GEODESIC_BACKENDS = ("fmm", "fast")
 
 
 def _spatial_shape(shape: Sequence[int], name: str) -> tuple[tuple[int, ...], bool]:
@@ -179,12 +183,24 @@ class GeodesicDistance(Transform):
         beta: edge weight ``β >= 0``. Defaults to 1000.
         p: exponent ``p > 0`` of the gradient magnitude. Defaults to 2.
         theta: weight ``θ >= 0`` of the normalised Euclidean distance. Defaults to 0.
-        order: order of the fast marching stencil, 1 or 2. Defaults to 2.
+        order: order of the fast marching stencil, 1 or 2 (``backend="fmm"`` only). Defaults to 2.
         spacing: voxel size, one value or one per spatial axis; None for unit spacing. Defaults to None.
+        backend: ``"fmm"``: scikit-fmm's fast marching (the reference); ``"fast"``: the vectorised raster sweeps
+            of :func:`transforms.eikonal.sweep_travel_time` (first-order semi-Lagrangian update, compiled with
+            numba on a CPU, torch on ``device``), about 10-40× faster; on a 512×512×96 CT its normalised map
+            differs from the second-order fast marching one by a few 1e-3 (``bench/geodesic.py``). Defaults to
+            ``"fmm"``.
+        device: ``backend="fast"`` only: None runs the numba kernels on the CPU; a torch device (e.g. ``"cuda"``)
+            runs the torch version of the sweeps there. Defaults to None.
+        max_iter: ``backend="fast"`` only: the most sweep iterations (each sweeps every axis both ways). The first
+            iteration already propagates along every straight line; later ones refine paths that bend (on a noisy
+            CT the normalised map changes by a few 1e-3 after the second). Defaults to 2.
+        tol: ``backend="fast"`` only: stop when an iteration changes no distance by more than ``tol`` times the
+            largest one. Defaults to 1e-3.
 
     Raises:
         ValueError: for a non-positive ``epsilon`` or ``p``, negative ``beta`` or ``theta``, an ``order`` other
-            than 1 or 2, or a non-positive spacing.
+            than 1 or 2, a non-positive spacing, or an unknown ``backend``.
 
     Example:
         >>> import numpy as np
@@ -205,7 +221,18 @@ class GeodesicDistance(Transform):
         theta: float = 0.0,
         order: int = 2,
         spacing: float | Sequence[float] | None = None,
+        backend: str = "fmm",
+        device: str | torch.device | None = None,
+        max_iter: int = 2,
+        tol: float = 1e-3,
     ) -> None:
+        if backend not in GEODESIC_BACKENDS:
+            raise ValueError(f"backend must be one of {GEODESIC_BACKENDS}, got {backend!r}.")
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}.")
+        if not (math.isfinite(tol) and tol >= 0):
+            raise ValueError(f"tol must be a finite number >= 0, got {tol!r}.")
+        self.backend, self.device, self.max_iter, self.tol = backend, device, max_iter, float(tol)
         if not (epsilon > 0 and p > 0 and beta >= 0 and theta >= 0):
             raise ValueError(
                 f"GeodesicDistance needs epsilon > 0, p > 0, beta >= 0 and theta >= 0, "
@@ -259,18 +286,49 @@ class GeodesicDistance(Transform):
 
     def _travel_time(self, seeds: np.ndarray, cost: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
         """Return ``D`` with ``|∇D| = cost`` and ``D = 0`` on the seed voxel centres (see the class docstring)."""
-        euclidean, nearest = distance_transform_edt(~seeds, sampling=spacing, return_indices=True)
-        local = euclidean * 0.5 * (cost + cost[tuple(nearest)])  # straight-line time from the nearest seed
-        radius = _SEED_BALL_RADIUS * min(spacing)
-        start = radius * float(np.median(cost[seeds]))
-        inside = (local < start) & (euclidean <= 2.0 * radius)
-        if inside.all():
+        crop, local, inside, start = _seed_ball(seeds, cost, spacing)
+        if self.backend == "fast":
+            init = np.full(cost.shape, np.inf, dtype=np.float32)
+            init[crop] = np.where(inside, local, np.inf)
+            if self.device is None:
+                return sweep_travel_time_numpy(cost, init, spacing, max_iter=self.max_iter, tol=self.tol)
+            out = sweep_travel_time(torch.as_tensor(cost, device=self.device), torch.as_tensor(init, device=self.device),
+                                    spacing, max_iter=self.max_iter, tol=self.tol)
+            return out.cpu().numpy()
+        if inside.all() and all(s.start == 0 and s.stop == n for s, n in zip(crop, cost.shape)):
             return local
-        phi = np.maximum(local - start, 1e-6 * start)  # strictly positive outside the initial front
-        phi[inside] = local[inside] - start
-        phi[~inside & (euclidean > 2.0 * radius)] = start  # far field: only the sign matters
+        phi = np.full(cost.shape, start)  # far field: only the sign matters
+        near = np.maximum(local - start, 1e-6 * start)  # strictly positive outside the initial front
+        near[inside] = local[inside] - start
+        phi[crop] = near
         marched = np.asarray(skfmm.travel_time(phi, 1.0 / cost, dx=spacing, order=self.order))
-        return np.where(inside, local, start + marched)
+        marched[crop] = np.where(inside, local - start, marched[crop])
+        marched += start
+        return marched
+
+
+def _seed_ball(
+    seeds: np.ndarray, cost: np.ndarray, spacing: tuple[float, ...]
+) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray, float]:
+    """Straight-line travel times near the seeds, computed on the seeds' bounding box plus a margin only.
+
+    Returns ``(crop, local, inside, start)``: ``local`` (on ``crop``) is ``|x − s|·(f(x) + f(s))/2`` from the nearest
+    seed ``s``, ``inside`` marks the voxels within ``2`` voxels of the finest spacing whose time is below ``start``,
+    the time to cross two voxels at the seeds' median speed (see :class:`GeodesicDistance`). Voxels farther than
+    twice that radius from every seed are outside ``inside`` and the crop holds all that are nearer.
+    """
+    radius = _SEED_BALL_RADIUS * min(spacing)
+    where = np.nonzero(seeds)
+    crop = tuple(
+        slice(max(0, int(w.min()) - m), min(n, int(w.max()) + m + 1))
+        for w, n, m in zip(where, seeds.shape, (int(math.ceil(2.0 * radius / s)) + 1 for s in spacing))
+    )
+    euclidean, nearest = distance_transform_edt(~seeds[crop], sampling=spacing, return_indices=True)
+    cost_crop = cost[crop]
+    local = euclidean * 0.5 * (cost_crop + cost_crop[tuple(nearest)])
+    start = radius * float(np.median(cost[seeds]))
+    inside = (local < start) & (euclidean <= 2.0 * radius)
+    return crop, local, inside, start
 
 
 class EdgeIndicator(Transform):
@@ -436,6 +494,9 @@ class GeodesicDistanced(MapTransform):
         theta: weight ``θ >= 0`` of the normalised Euclidean distance. Defaults to 0.
         order: order of the fast marching stencil, 1 or 2. Defaults to 2.
         spacing: voxel size, one value or one per spatial axis; None for unit spacing. Defaults to None.
+        backend: ``"fmm"`` (scikit-fmm) or ``"fast"`` (raster sweeps), see :py:class:`GeodesicDistance`.
+            Defaults to ``"fmm"``.
+        device: ``backend="fast"`` only: None for the CPU (numba) kernels, or a torch device. Defaults to None.
         output_keys: where to write the maps, one per key; None for ``f"{key}_geodesic"``. Defaults to None.
         allow_missing_keys: don't raise exception if key is missing.
 
@@ -459,11 +520,15 @@ class GeodesicDistanced(MapTransform):
         spacing: float | Sequence[float] | None = None,
         output_keys: KeysCollection | None = None,
         allow_missing_keys: bool = False,
+        backend: str = "fmm",
+        device: str | torch.device | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.seeds_key = seeds_key
         self.output_keys = _output_keys(self.keys, output_keys, "geodesic")
-        self.geodesic = GeodesicDistance(epsilon, beta, p, theta, order=order, spacing=spacing)
+        self.geodesic = GeodesicDistance(
+            epsilon, beta, p, theta, order=order, spacing=spacing, backend=backend, device=device
+        )
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
