@@ -52,6 +52,19 @@ class _DoubleConv(nn.Sequential):
             )
 
 
+class _UpStage(nn.Module):
+    """2x transposed convolution, concatenation with the skip connection, then the level's convolutions."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, convs: int, act: str | tuple,
+                 norm: str | tuple | None, dropout: float) -> None:
+        super().__init__()
+        self.up = Conv["convtrans", spatial_dims](in_channels, out_channels, kernel_size=2, stride=2)
+        self.convs = _DoubleConv(spatial_dims, 2 * out_channels, out_channels, convs, act, norm, dropout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.convs(torch.cat([skip, self.up(x)], dim=1))
+
+
 class QualityUNet(nn.Module):
     """U-Net with an extra mask input channel and a quality head on the bottleneck.
 
@@ -74,6 +87,8 @@ class QualityUNet(nn.Module):
         act: activation of the convolutions (MONAI name or ``(name, args)``).
         norm: normalisation after each convolution (``"batch"``, ``"instance"`` or None; the paper names none).
         dropout: dropout after the last convolution of each level.
+        output_bias: initial bias of the mask logits (e.g. -4: the untrained network predicts background with
+            probability 0.98 instead of 0.5, which speeds up training with a Dice loss on small structures).
 
     Example::
 
@@ -94,6 +109,7 @@ class QualityUNet(nn.Module):
         act: str | tuple = "relu",
         norm: str | tuple | None = "batch",
         dropout: float = 0.0,
+        output_bias: float = 0.0,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -115,14 +131,12 @@ class QualityUNet(nn.Module):
             for i in range(levels)
         )
         self.pool = Pool["max", spatial_dims](kernel_size=2)
-        self.upsamples = nn.ModuleList(
-            Conv["convtrans", spatial_dims](widths[i + 1], widths[i], kernel_size=2, stride=2) for i in range(levels - 1)
-        )
-        self.decoders = nn.ModuleList(
-            _DoubleConv(spatial_dims, 2 * widths[i], widths[i], convs_per_level, act, norm, dropout)
-            for i in range(levels - 1)
+        self.decoders = nn.ModuleList(  # deepest first
+            _UpStage(spatial_dims, widths[i + 1], widths[i], convs_per_level, act, norm, dropout)
+            for i in range(levels - 2, -1, -1)
         )
         self.head = Conv["conv", spatial_dims](widths[0], out_channels, kernel_size=1)
+        nn.init.constant_(self.head.bias, float(output_bias))
         self.quality_head = nn.Sequential(
             nn.Linear(widths[-1], quality_hidden), nn.ReLU(inplace=True), nn.Linear(quality_hidden, 1), nn.Sigmoid()
         )
@@ -155,7 +169,6 @@ class QualityUNet(nn.Module):
                 x = self.pool(x)
         pooled = torch.mean(x.flatten(2), dim=2)
         quality = self.quality_head(pooled)
-        for i in range(self.levels - 2, -1, -1):
-            x = self.upsamples[i](x)
-            x = self.decoders[i](torch.cat([skips[i], x], dim=1))
+        for j, decoder in enumerate(self.decoders):
+            x = decoder(x, skips[len(skips) - 1 - j])
         return QualityOutput(self.head(x), quality)

@@ -10,7 +10,9 @@
 * **Outputs**: ``<output>/<case>_<postfix>.nii.gz`` with the input's exact geometry, written atomically; an existing
   mask is never overwritten without ``--overwrite`` (the case is *skipped*), so re-running a half-finished batch
   finishes the rest. ``<output>/cases.csv`` (one row per case: ``case, status, reason, volume_ml_<label>...,
-  runtime_s, quality, mask``) is rewritten atomically after every case and keeps the rows of earlier runs.
+  runtime_s, quality, mask``) is rewritten atomically after every case and keeps the rows of earlier runs;
+  ``quality`` is the predicted quality (Dice) of the mask when the predictor returns ``(mask, quality)`` (``--refine``:
+  :class:`pipeline.refine.RefinePredictor`), else empty.
 * **Failures**: a case that cannot be read or segmented is a ``failed`` row with a one-line reason; the batch goes
   on. Exit code 0: every case done or skipped; 1: some case failed; 2: bad command line, missing checkpoint or
   nothing to do (one line on stderr, no traceback).
@@ -558,13 +560,19 @@ def _run_case(entry: Mapping[str, Any], case: str, predict: Callable[..., np.nda
             item["markers"] = str(_markers_for_case(markers, entry, case, identify))
         volume, volumes = _read_case(entry, case, identify)
         first = volumes[0]
-        mask = np.asarray(predict(volume, item))
+        result = predict(volume, item)
+        quality = None
+        if isinstance(result, tuple):  # (mask, predicted quality), e.g. pipeline.refine.RefinePredictor
+            result, quality = result
+        mask = np.asarray(result)
         if tuple(mask.shape) != tuple(first.array.shape):
             raise RuntimeError(f"the prediction has shape {tuple(mask.shape)}, the image "
                                f"{tuple(first.array.shape)}")
         write_mask(mask, first, target, overwrite=overwrite)
         row.update(_volume_cells(mask, first.spacing, label_values, label_names))
         row.update(status="done", reason="", runtime_s=f"{time.perf_counter() - start:.2f}")
+        if quality is not None:
+            row["quality"] = f"{float(quality):.4f}"
         logger.info("%s: done in %.1f s -> %s", case, time.perf_counter() - start, target.name)
     except _CASE_ERRORS as err:  # CaseError is a ValueError
         row.update(status="failed", reason=_scrub(err, entry, case, identify) or type(err).__name__)
@@ -779,6 +787,9 @@ def _build_parser(prog: str = "python -m pipeline.batch") -> _ArgumentParser:
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the batch to MLflow")
     parser.add_argument("--csv-name", default=None, help="per-case CSV name in the output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--refine", action="store_true",
+                        help="refine each mask with the bundle's refinement network (configs/refine_inference.json) "
+                             "and write its predicted quality in the CSV's quality column")
     return parser
 
 
@@ -797,6 +808,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.batc
     try:
         overrides = _parse_overrides(rest)
         files = _config_files(args.bundle, overrides.get("method"))
+        if args.refine:
+            refine = Path(files[-1]).with_name("refine_inference.json")
+            if not refine.is_file():
+                raise BatchError(f"bundle '{args.bundle}' has no refinement stage ({refine} not found)")
+            files.append(str(refine))
     except BatchError as err:
         return _error(err)
     from monai.bundle import ConfigParser

@@ -1,0 +1,330 @@
+"""Iterative refinement: the loop respects k and the early stop (scripted network), helpers on hand-computed values,
+the training dataset, a tiny end-to-end workflow, the refine predictor and the batch CSV's quality column."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from networks import QualityUNet
+from pipeline.refine import (
+    RefineCase,
+    RefinePredictor,
+    RefineSliceDataset,
+    RefinementWorkflow,
+    choose_k,
+    iterate_refinement,
+    pearson_r,
+    stack_slices,
+    stop_step,
+    volume_dice,
+    volume_quality,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class ScriptedNet(nn.Module):
+    """Grows the mask by one row per pass (the refined mask) and returns the next scripted quality."""
+
+    def __init__(self, qualities: list[float]) -> None:
+        super().__init__()
+        self.qualities = list(qualities)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor):
+        q = self.qualities[self.calls]
+        self.calls += 1
+        grown = mask.clone()
+        rows = mask.any(dim=-1)  # (N, 1, H)
+        last = rows.float().cumsum(-1).argmax(-1)  # index of the last foreground row
+        for n in range(mask.shape[0]):
+            grown[n, 0, min(int(last[n, 0]) + 1, mask.shape[2] - 1)] = 1
+        logits = torch.where(grown > 0, 5.0, -5.0)
+        return logits, torch.full((x.shape[0], 1), q)
+
+
+def _inputs(n: int = 2, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    mask = torch.zeros(n, 1, size, size)
+    mask[:, 0, 0, :] = 1  # one foreground row
+    return torch.zeros(n, 1, size, size), mask
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_loop_respects_k(k: int) -> None:
+    net = ScriptedNet([0.1, 0.2, 0.3, 0.4, 0.5])
+    x, mask = _inputs()
+    trace = iterate_refinement(net, x, mask, k)
+    assert trace.steps == k and not trace.stopped_early
+    assert net.calls == trace.forward_passes == k + 1  # the result's quality comes with one more pass
+    assert len(trace.masks) == k + 1
+    # each step adds one foreground row to each of the 2 slices (8 voxels per row)
+    assert [int(m.sum()) for m in trace.masks] == [2 * 8 * (i + 1) for i in range(k + 1)]
+    assert trace.qualities == pytest.approx([0.1, 0.2, 0.3, 0.4][: k + 1])
+    assert trace.quality == pytest.approx(0.1 * (k + 1))
+
+
+def test_early_stop_keeps_the_mask_before_the_drop() -> None:
+    net = ScriptedNet([0.5, 0.7, 0.65, 0.9, 0.95])
+    x, mask = _inputs()
+    trace = iterate_refinement(net, x, mask, 4, early_stop=True)
+    assert trace.stopped_early and trace.steps == 1
+    assert net.calls == trace.forward_passes == 3  # step 2 was computed and its quality (0.65 < 0.7) stopped it
+    assert int(trace.mask.sum()) == 2 * 8 * 2  # the mask after one step
+    assert trace.quality == pytest.approx(0.7)
+    assert stop_step([0.5, 0.7, 0.65, 0.9, 0.95], 4) == 1
+
+
+def test_early_stop_min_delta_and_flat_quality() -> None:
+    x, mask = _inputs()
+    # a rise of 0.01 does not count with min_delta 0.05: stop after step 0
+    trace = iterate_refinement(ScriptedNet([0.5, 0.51, 0.9]), x, mask, 2, early_stop=True, min_delta=0.05)
+    assert trace.steps == 0 and trace.stopped_early and int(trace.mask.sum()) == 16
+    # equal quality is not a rise
+    assert iterate_refinement(ScriptedNet([0.5, 0.5, 0.9]), x, mask, 2, early_stop=True).steps == 0
+    # rising all the way: no early stop, k steps
+    trace = iterate_refinement(ScriptedNet([0.1, 0.2, 0.3]), x, mask, 2, early_stop=True)
+    assert trace.steps == 2 and not trace.stopped_early
+
+
+def test_stop_step_matches_the_loop() -> None:
+    scripts = [[0.2, 0.3, 0.25, 0.4], [0.9, 0.8, 0.95, 0.99], [0.1, 0.2, 0.3, 0.4]]
+    x, mask = _inputs()
+    for q in scripts:
+        for k in range(4):
+            trace = iterate_refinement(ScriptedNet(q + [1.0]), x, mask, k, early_stop=True)
+            assert trace.steps == stop_step(q, k)
+
+
+def test_loop_ill_inputs() -> None:
+    x, mask = _inputs()
+    with pytest.raises(ValueError, match="iterations must be >= 0, got -1"):
+        iterate_refinement(ScriptedNet([0.1]), x, mask, -1)
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\), got \(2, 1, 8, 8\) and \(2, 2, 8, 8\)"):
+        iterate_refinement(ScriptedNet([0.1]), x, torch.zeros(2, 2, 8, 8), 1)
+    with pytest.raises(ValueError, match="qualities of steps 0..3"):
+        stop_step([0.1, 0.2], 3)
+
+
+def test_padding_for_the_network_is_cropped_back() -> None:
+    net = QualityUNet(spatial_dims=2, in_channels=1, features=2, levels=3).eval()
+    image, mask = torch.randn(3, 1, 10, 13), torch.zeros(3, 1, 10, 13)
+    trace = iterate_refinement(net, image, mask, 2, divisor=4)
+    assert [tuple(m.shape) for m in trace.masks] == [(3, 1, 10, 13)] * 3
+    assert all(0.0 <= q <= 1.0 for q in trace.qualities)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_volume_quality_hand_computed() -> None:
+    """Slices with q = 0.2 (mask 2 voxels, refined 2) and q = 0.8 (mask 1, refined 5): (0.2·4 + 0.8·6) / 10 = 0.56."""
+    mask = np.zeros((2, 1, 3, 3), bool)
+    refined = np.zeros((2, 1, 3, 3), bool)
+    mask[0, 0, 0, :2] = True
+    refined[0, 0, 1, :2] = True
+    mask[1, 0, 0, 0] = True
+    refined[1, 0].flat[:5] = True
+    assert volume_quality(np.array([0.2, 0.8]), mask, refined) == pytest.approx(0.56)
+    assert volume_quality(np.array([0.2, 0.8]), np.zeros_like(mask), np.zeros_like(refined)) == pytest.approx(0.5)
+
+
+def test_dice_pearson_choose_k() -> None:
+    a = np.zeros((4, 4), bool)
+    b = np.zeros((4, 4), bool)
+    a[0, :2] = True
+    b[0, 1:4] = True
+    assert volume_dice(a, b) == pytest.approx(2 * 1 / 5)
+    assert volume_dice(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+    assert pearson_r([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson_r([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert pearson_r([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert np.isnan(pearson_r([1, 2], [1, 2])) and np.isnan(pearson_r([1, 1, 1], [1, 2, 3]))
+    assert choose_k([0.5, 0.7, 0.7, 0.6]) == 1  # first best on ties
+    with pytest.raises(ValueError, match="cannot choose k"):
+        choose_k([])
+
+
+def test_stack_slices_channel_major_edges_replicated() -> None:
+    image = torch.arange(2 * 1 * 1 * 3, dtype=torch.float32).reshape(2, 1, 1, 3)  # channel c, slice z = 3c + z
+    x = stack_slices(image, 3)
+    assert x.shape == (3, 6, 1, 1)
+    assert x[0, :, 0, 0].tolist() == [0, 0, 1, 3, 3, 4]  # c0@z-1 (replicated), c0@z, c0@z+1, c1@...
+    assert x[2, :, 0, 0].tolist() == [1, 2, 2, 4, 5, 5]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dataset
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _case(name: str, seed: int, shape=(16, 16, 4)) -> RefineCase:
+    rng = np.random.default_rng(seed)
+    label = np.zeros(shape, bool)
+    label[4:11, 5:12, :] = True
+    image = (label + rng.normal(0, 0.3, shape)).astype(np.float32)
+    base = np.roll(label, 2, axis=0)  # a shifted, imperfect base mask
+    return RefineCase(name, torch.as_tensor(image)[None], torch.as_tensor(label), torch.as_tensor(base))
+
+
+def test_dataset_base_and_synthesised_masks() -> None:
+    from transforms import RandImperfectMaskd
+
+    cases = [_case("a", 0), _case("b", 1)]
+    only_base = RefineSliceDataset(cases, 1, None, base_mask_prob=1.0)
+    assert len(only_base) == 8
+    item = only_base[5]
+    assert item["image"].shape == (1, 16, 16) and item["mask"].shape == item["label"].shape == (1, 16, 16)
+    assert torch.equal(item["mask"][0].bool(), cases[1].base[..., 1])
+    aug = lambda: RandImperfectMaskd(keys="mask", morphology_prob=1.0)  # noqa: E731
+    first = [RefineSliceDataset(cases, 3, aug(), base_mask_prob=0.0, seed=4)[i]["mask"] for i in range(8)]
+    second = [RefineSliceDataset(cases, 3, aug(), base_mask_prob=0.0, seed=4)[i]["mask"] for i in range(8)]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))  # reproducible under the seed
+    assert any(not torch.equal(m, cases[i // 4].label[..., i % 4][None].float()) for i, m in enumerate(first))
+    assert RefineSliceDataset(cases, 3, aug(), base_mask_prob=0.0)[0]["image"].shape == (3, 16, 16)
+    strided = RefineSliceDataset(cases, 1, None, slice_stride=2)
+    own = torch.ones(1, 16, 16)
+    strided.add_masks([(0, 3, own)])
+    assert len(strided) == 5 and strided.num_own == 1 and torch.equal(strided[4]["mask"], own)
+    with pytest.raises(ValueError, match="at least one case"):
+        RefineSliceDataset([], 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Workflow end to end (tiny)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _BaseNet(nn.Module):
+    """A 'base model': one conv whose output > 0 roughly thresholds the image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def _workflow(tmp_path: Path, base_ckpt: Path, **kwargs) -> RefinementWorkflow:
+    from monai.inferers import Inferer  # noqa: F401 - the slice inferer is a MONAI inferer
+    from pipeline.slicing import AdjacentSliceInferer
+    from transforms import RandImperfectMaskd
+
+    def entry(i: int) -> dict:
+        c = _case(f"case{i}", i)
+        return {"case": c.case, "image": c.image, "label": c.label[None].float()}
+
+    settings = dict(
+        bundle="toy", variant="q", train_data=[entry(0), entry(1)], val_data=[entry(2)], test_data=[entry(3), entry(4), entry(5)],
+        volume_transform=lambda d: d, base_network=_BaseNet(), base_ckpt=base_ckpt, base_hint="python train_toy.py",
+        base_inferer=AdjacentSliceInferer(num_slices=1, divisible=1), base_mask=lambda out: out[0] > 0,
+        target=lambda label: label[0] > 0.5,
+        network_factory=lambda: QualityUNet(spatial_dims=2, in_channels=1, features=2, levels=3, output_bias=-2.0),
+        loss=__import__("losses").QualityRegularisedDiceLoss(quality_weight=1.0),
+        optimizer_factory=lambda p: torch.optim.Adam(p, lr=1e-2), mask_augmentation=RandImperfectMaskd(keys="mask"),
+        num_slices=1, base_mask_prob=0.5, slice_stride=1, batch_size=4, max_epochs=2, max_iterations=2,
+        early_stop_delta=0.0, self_training="none", self_training_rounds=1, self_training_epochs=1,
+        ckpt_dir=tmp_path / "ckpt", output_dir=tmp_path / "eval", cache_dir=tmp_path / "cache", tracker=None,
+        seed=0, divisor=4, progress=False)
+    settings.update(kwargs)
+    return RefinementWorkflow(**settings)
+
+
+def test_missing_base_model_names_file_and_command(tmp_path: Path) -> None:
+    wf = _workflow(tmp_path, tmp_path / "nope" / "model.pt")
+    with pytest.raises(FileNotFoundError, match=r"base model .*nope/model.pt not found.*python train_toy.py"):
+        wf.run()
+
+
+@pytest.mark.parametrize("self_training", ["none", "warm"])
+def test_workflow_end_to_end(tmp_path: Path, self_training: str) -> None:
+    torch.manual_seed(0)
+    base = _BaseNet()
+    with torch.no_grad():
+        base.conv.weight.zero_()
+        base.conv.weight[0, 0, 1, 1] = 1.0
+        base.conv.bias.fill_(-0.5)
+    torch.save(base.state_dict(), tmp_path / "base.pt")
+    wf = _workflow(tmp_path, tmp_path / "base.pt", self_training=self_training)
+    summary = wf.run()
+    assert len(summary["test_dice_per_k"]) == 3 and summary["num_test_cases"] == 3
+    assert 0 <= summary["k_val"] <= 2 and summary["test_dice_valk"] == summary["test_dice_per_k"][summary["k_val"]]
+    assert summary["num_own_output_samples"] == (8 if self_training == "warm" else 0)
+    # the base mask (image > 0.5) of the noisy phantom against its square label, recomputed here
+    cases = wf.load_cases()
+    expected = np.mean([volume_dice(c.base.numpy(), c.label.numpy()) for c in cases["test"]])
+    assert summary["test_dice_0x"] == pytest.approx(expected)
+    assert len(list((tmp_path / "cache").glob("base_masks_*.pt"))) == 1
+    rows = list(csv.DictReader((tmp_path / "eval" / "per_case_test.csv").open()))
+    assert [r["case"] for r in rows] == ["case3", "case4", "case5"]
+    assert all(0.0 <= float(r["quality_0x"]) <= 1.0 for r in rows)
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["variant"] == "q"
+    state = torch.load(tmp_path / "ckpt" / "model.pt", weights_only=True)
+    assert state["k"] == summary["k_val"] and "model" in state
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batch: the quality column
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_refine_predictor_fills_the_batch_quality_column(tmp_path: Path) -> None:
+    from pipeline.batch import run_batch
+    from pipeline.layouts import index_inputs
+    from pipeline.predictors import SlicePredictor
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(0, 0.1, (16, 16, 3)).astype(np.float32)
+    image[4:10, 4:10] += 1
+    nib.save(nib.Nifti1Image(image, np.diag([0.8, 0.8, 2.0, 1.0])), str(tmp_path / "scan.nii.gz"))
+    base = SlicePredictor(_BaseNet(), None, lambda x, source: x, lambda out: (out[0] > 0).to(torch.uint8),
+                          num_slices=1, divisible=1)
+    torch.manual_seed(0)
+    net = QualityUNet(spatial_dims=2, in_channels=1, features=2, levels=3)
+    torch.save({"model": net.state_dict(), "k": 2, "k_early_stop": 2}, tmp_path / "refine.pt")
+    predictor = RefinePredictor(base, QualityUNet(spatial_dims=2, in_channels=1, features=2, levels=3),
+                                tmp_path / "refine.pt", num_slices=1, divisor=4)
+    predictor.load()
+    assert predictor.iterations == 2
+    report = run_batch(index_inputs(str(tmp_path / "scan.nii.gz")), predictor, tmp_path / "out", "mask",
+                       progress=False)
+    assert report.done == 1
+    row = next(csv.DictReader((tmp_path / "out" / "cases.csv").open()))
+    assert 0.0 <= float(row["quality"]) <= 1.0 and len(row["quality"].split(".")[1]) == 4
+    mask = nib.load(str(tmp_path / "out" / "scan_mask.nii.gz")).get_fdata()
+    assert mask.shape == image.shape and set(np.unique(mask)) <= {0.0, 1.0}
+    # a plain predictor (a mask, no quality) leaves the column empty
+    run_batch(index_inputs(str(tmp_path / "scan.nii.gz")), lambda v, e: (v.array > 0.5).astype(np.uint8),
+              tmp_path / "plain", "mask", progress=False)
+    assert next(csv.DictReader((tmp_path / "plain" / "cases.csv").open()))["quality"] == ""
+
+
+def test_refine_predictor_missing_checkpoint(tmp_path: Path) -> None:
+    from pipeline.predictors import SlicePredictor
+
+    base = SlicePredictor(_BaseNet(), None, lambda x, s: x, lambda out: out[0] > 0, num_slices=1, divisible=1)
+    predictor = RefinePredictor(base, QualityUNet(spatial_dims=2, in_channels=1, features=2, levels=3),
+                                tmp_path / "none.pt", num_slices=1)
+    with pytest.raises(FileNotFoundError, match=r"refinement checkpoint .*none.pt not found"):
+        predictor.load()
