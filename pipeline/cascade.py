@@ -370,8 +370,12 @@ def _override_dict(overrides: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.cascade", description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.cascade") -> int:
+    """Command-line entry point (``python -m pipeline.cascade``, ``varseg cascade``); returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n\n")[0],
+        epilog="Any other --key value pair overrides every bundle run, e.g. --lesion_max_epochs 5 or "
+               "--liver_dilation '[2,2,0]' (see bundles/lits/configs/cascade/common.json).")
     parser.add_argument("--fractions", nargs="+", default=None,
                         help="labelled fractions (default: cascade_fractions of cascade/common.json)")
     group = parser.add_mutually_exclusive_group()
@@ -386,13 +390,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = _override_dict(rest)
     settings = _parser([str(CONFIGS / "train.json"), str(CASCADE / "common.json")], overrides)
     fractions = [str(f) for f in (args.fractions or settings.get_parsed_content("cascade_fractions"))]
-    single = bool(settings.get_parsed_content("cascade_single_stage")) if args.single_stage is None else args.single_stage
+    single = args.single_stage
+    if single is None:
+        single = bool(settings.get_parsed_content("cascade_single_stage"))
     single_epochs = int(settings.get_parsed_content("single_stage_max_epochs"))
     out = Path(args.out) if args.out else Path(settings.get_parsed_content("cascade_root"))
     started = time.time()
     results = run_cascade(fractions, overrides, single, single_epochs)
     files = write_table(results, out)
-    params = {"fractions": fractions, "single_stage": single, "overrides": json.dumps(overrides) if overrides else "none",
+    params = {"fractions": fractions, "single_stage": single,
+              "overrides": json.dumps(overrides) if overrides else "none",
               "liver_max_epochs": results[0]["epochs"]["liver"], "lesion_max_epochs": results[0]["epochs"]["lesion"],
               "single_stage_max_epochs": single_epochs if single else "none",
               "liver_dilation": settings.get_parsed_content("liver_dilation"),

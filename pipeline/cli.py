@@ -6,6 +6,7 @@ Bundles themselves run through ``python -m monai.bundle run --config_file bundle
     varseg ui [--port 5000]                             # serve the MLflow UI on 127.0.0.1
     varseg make-data {lits,lung,spect,brats} OUT_DIR [--num-cases N] ...  # write synthetic phantoms in a dataset's layout
     varseg infer {lits,lung,spect} --input PATH [--output DIR] ...  # batch inference (see python -m pipeline.batch)
+    varseg cascade [--fractions 1/23 1/10 1/3] ...  # LiTS liver -> lesion cascade table (python -m pipeline.cascade)
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline import batch
 
         return int(batch.main(argv[1:], prog="varseg infer"))
+    if argv[:1] == ["cascade"]:  # likewise for the cascade command
+        from pipeline import cascade
+
+        return int(cascade.main(argv[1:], prog="varseg cascade"))
     parser = argparse.ArgumentParser(prog="varseg", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_runs = sub.add_parser("runs", help="list tracked runs and print the command that opens the MLflow UI")
@@ -111,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                              add_help=False)
     p_infer.add_argument("rest", nargs=argparse.REMAINDER, help="<bundle> --input PATH ... (try --help)")
     p_infer.set_defaults(func=_infer)
+    p_cascade = sub.add_parser("cascade", add_help=False,
+                               help="LiTS liver -> lesion cascade: train, evaluate, table per labelled fraction")
+    p_cascade.add_argument("rest", nargs=argparse.REMAINDER, help="--fractions ... and bundle overrides (try --help)")
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -157,3 +157,20 @@ def test_missing_predicted_masks_are_named(tmp_path):
         cascade.with_liver_masks(cases, tmp_path, key="liver")
     labelled = cascade.with_liver_masks([{**cases[0], "labelled": True}], tmp_path, from_label=True)
     assert labelled[0]["liver"] == "s.nii.gz"
+
+
+def test_varseg_cascade_subcommand(capsys):
+    from pipeline import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["cascade", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: varseg cascade") and "--fractions" in out and "--single-stage" in out
+
+
+def test_bad_overrides_are_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cascade.main(["--lesion_max_epochs"])
+    assert exit_info.value.code == 2
+    assert "bundle overrides must be --key value pairs" in capsys.readouterr().err

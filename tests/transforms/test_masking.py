@@ -75,7 +75,8 @@ def test_dictionary_twin_reads_mask_from_key():
 
 def test_ill_shape():
     image, _ = _volume()
-    with pytest.raises(ValueError, match=r"mask of shape \(1, 5, 5, 2\) does not fit the image of shape \(1, 5, 5, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"mask of shape \(1, 5, 5, 2\) does not fit the image of shape \(1, 5, 5, 3\)"):
         RestrictToMask()(image, np.ones((1, 5, 5, 2)))
     with pytest.raises(ValueError, match="1 or 1 channel"):
         RestrictToMask()(image, np.ones((2, 5, 5, 3)))
