@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import logging
 import os
 import re
@@ -52,6 +53,7 @@ __all__ = [
     "label_volumes_ml",
     "list_dicom_series",
     "pseudonym",
+    "read_nifti_array",
     "read_volume",
     "write_mask",
 ]
@@ -426,7 +428,7 @@ def _check_nifti(path: Path, label: str) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types on bad headers
         raise CaseError(f"{label}: unreadable NIfTI header ({type(exc).__name__}: {exc})") from exc
     nbytes = count * dtype.itemsize
-    opener = gzip.open if _file_suffix(path) == ".nii.gz" else open
+    opener = _gzip_open if _file_suffix(path) == ".nii.gz" else open
     try:
         with opener(path, "rb") as stream:
             present, bad = _scan_voxel_bytes(stream, offset, nbytes, dtype)
@@ -439,6 +441,59 @@ def _check_nifti(path: Path, label: str) -> np.ndarray:
     if bad:
         raise CaseError(f"{label}: {bad} of {count} voxels are NaN or Inf")
     return affine
+
+
+def _gzip_open(path: Path, mode: str = "rb") -> BinaryIO:
+    """``gzip.open``, or ISA-L's drop-in ``isal.igzip.open`` (same checks, 2-3× faster inflate) when installed."""
+    try:
+        from isal import igzip
+    except ImportError:
+        return gzip.open(path, mode)
+    return igzip.open(path, mode)
+
+
+def read_nifti_array(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a NIfTI file into its voxel array and affine, fast: one inflate, no copy of the voxels.
+
+    The file is read in one go and, for ``.nii.gz``, inflated with ISA-L (``isal.igzip``, when installed; else zlib);
+    the voxels are a read-only Fortran-ordered view of the decoded bytes in the stored dtype (as nibabel's
+    ``img.dataobj`` gives them, without ``scl_slope``/``scl_inter`` when those are unset or 1/0; scaled to float32
+    otherwise). No validation beyond nibabel's header parsing: :func:`read_volume` is the checked reader.
+
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file.
+
+    Returns:
+        ``(array, affine)``: array of the header's shape (X, Y, Z[, ...]) in the file's voxel order, and nibabel's
+        4x4 affine.
+
+    Raises:
+        CaseError: unreadable header, or fewer voxel bytes than the header needs.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if _file_suffix(path) == ".nii.gz":
+        try:
+            from isal import igzip
+
+            data = igzip.decompress(data)
+        except ImportError:
+            data = zlib.decompress(data, 31)
+    try:
+        header = nib.Nifti1Header.from_fileobj(io.BytesIO(data[:540]))
+        shape, dtype = header.get_data_shape(), header.get_data_dtype()
+        offset, affine = int(header.get_data_offset()), np.asarray(header.get_best_affine(), dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types on bad headers
+        raise CaseError(f"{path}: unreadable NIfTI header ({type(exc).__name__}: {exc})") from exc
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(data) - offset < count * dtype.itemsize:
+        raise CaseError(f"{path}: truncated NIfTI file: {len(data) - offset} bytes of voxel data, the header needs "
+                        f"{count * dtype.itemsize}")
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape, order="F")
+    slope, inter = header.get_slope_inter()
+    if slope not in (None, 1.0) or inter not in (None, 0.0):
+        array = array.astype(np.float32) * np.float32(slope or 1.0) + np.float32(inter or 0.0)
+    return array, affine
 
 
 def _read_file(path: Path, kind: str, label: str | None = None) -> Volume:
