@@ -249,8 +249,12 @@ def _stamp(step: str, fraction: str, done: int, total: int, started: float) -> N
 
 
 def run_cascade(fractions: Sequence[str], overrides: Mapping[str, Any], single_stage: bool,
-                single_stage_epochs: int) -> list[dict[str, Any]]:
-    """Train and evaluate both stages (and the single-stage bundle if asked) per fraction; one result per fraction."""
+                single_stage_epochs: int, out: Path | None = None) -> list[dict[str, Any]]:
+    """Train and evaluate both stages (and the single-stage bundle if asked) per fraction; one result per fraction.
+
+    With ``out``, the table (:func:`write_table`) is rewritten after each fraction, so an interrupted command leaves
+    the rows of the fractions it finished.
+    """
     steps = [("liver", False), ("liver", True), ("lesion", False), ("lesion", True)]
     if single_stage:
         steps += [("single", False), ("single", True)]
@@ -285,6 +289,8 @@ def run_cascade(fractions: Sequence[str], overrides: Mapping[str, Any], single_s
                        "lesion": int(lesion.get_parsed_content("max_epochs"))},
         }
         results.append(result)
+        if out is not None:
+            write_table(results, out)
         logger.info("fraction %s: %d of %d training cases labelled; test liver Dice %.3f, cascade lesion Dice %.3f"
                     "%s (%.0f s)", fraction, result["num_labelled"], result["num_train"],
                     np.mean(result["liver"]["test_dice_liver"]), np.mean(result["lesion"]["test_dice"]),
@@ -396,7 +402,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.casc
     single_epochs = int(settings.get_parsed_content("single_stage_max_epochs"))
     out = Path(args.out) if args.out else Path(settings.get_parsed_content("cascade_root"))
     started = time.time()
-    results = run_cascade(fractions, overrides, single, single_epochs)
+    results = run_cascade(fractions, overrides, single, single_epochs, out)
     files = write_table(results, out)
     params = {"fractions": fractions, "single_stage": single,
               "overrides": json.dumps(overrides) if overrides else "none",
