@@ -12,7 +12,8 @@ Mumford–Shah loss; ``methods/unsup_bias.json``: the bias-field variant, eqs. 1
 compares the test Dice of the class the label-free rule calls tumour (see ``pipeline.unsupervised``).
 
 Every training and evaluation is its own MLflow run in the experiment ``varseg-brats``; the table is one more run
-(tag ``method = table``) with the files as artifacts. Further ``--key value`` pairs go to every bundle run.
+(tag ``method = table``) with the files as artifacts. Further ``--key value`` pairs go to every bundle run. Wall and CPU seconds (user + system of the bundle subprocesses) are listed per row: on a machine
+shared with other work the wall time grows while the CPU time stays about the same.
 
 Command line::
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import resource
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -97,12 +99,12 @@ def _mean_beta(overrides: Mapping[str, Any], beta_paper: float) -> float:
 
 def format_sweep(rows: Sequence[Mapping[str, Any]]) -> str:
     """Markdown β-sweep table, measured rows then the paper's Table V rows."""
-    lines = ["| β_paper | β (mean reduction) | Dice | Precision | Recall | IoU | Wall s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| β_paper | β (mean reduction) | Dice | Precision | Recall | IoU | Wall s | CPU s |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         m = row["metrics"]
         lines.append(f"| {row['beta_paper']:g} | {row['beta']:.3g} | " + " | ".join(_cell(m[k]) for k in METRICS)
-                     + f" | {row['seconds']:.0f} |")
+                     + f" | {row['seconds']:.0f} | {row.get('cpu_seconds', float('nan')):.0f} |")
     n = max(len(r["metrics"]["dice"]) for r in rows)
     best = max(rows, key=lambda r: _mean_std(r["metrics"]["dice"])[0])
     zero = next((r for r in rows if r["beta_paper"] == 0.0), None)
@@ -120,10 +122,11 @@ def format_sweep(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def format_bias(rows: Sequence[Mapping[str, Any]]) -> str:
     """Markdown table of the unsupervised comparison."""
-    lines = ["| loss | Dice | Precision | Recall | IoU | Wall s |", "|---|---|---|---|---|---|"]
+    lines = ["| loss | Dice | Precision | Recall | IoU | Wall s | CPU s |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         m = row["metrics"]
-        lines.append(f"| {row['name']} | " + " | ".join(_cell(m[k]) for k in METRICS) + f" | {row['seconds']:.0f} |")
+        lines.append(f"| {row['name']} | " + " | ".join(_cell(m[k]) for k in METRICS)
+                     + f" | {row['seconds']:.0f} | {row.get('cpu_seconds', float('nan')):.0f} |")
     n = max(len(r["metrics"]["dice"]) for r in rows)
     lines += ["", f"Unsupervised (no labels in training), {n} bias-corrupted synthetic test cases, mean ± std over cases."]
     return "\n".join(lines) + "\n"
@@ -132,10 +135,12 @@ def format_bias(rows: Sequence[Mapping[str, Any]]) -> str:
 def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], key_columns: Sequence[str]) -> None:
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow([*key_columns, *(f"{k}_{s}" for k in METRICS for s in ("mean", "std")), "wall_seconds"])
+        writer.writerow([*key_columns, *(f"{k}_{s}" for k in METRICS for s in ("mean", "std")), "wall_seconds",
+                         "cpu_seconds"])
         for row in rows:
             stats = [f"{v:.4f}" for k in METRICS for v in _mean_std(row["metrics"][k])]
-            writer.writerow([*(row[c] for c in key_columns), *stats, f"{row['seconds']:.1f}"])
+            writer.writerow([*(row[c] for c in key_columns), *stats, f"{row['seconds']:.1f}",
+                             f"{row.get('cpu_seconds', float('nan')):.1f}"])
 
 
 def _log_table(kind: str, rows: Sequence[Mapping[str, Any]], files: Sequence[Path], params: Mapping[str, Any],
@@ -157,12 +162,18 @@ def _log_table(kind: str, rows: Sequence[Mapping[str, Any]], files: Sequence[Pat
     tracker.end_run("FINISHED")
 
 
-def _train_and_evaluate(files: Sequence[str], overrides: Sequence[str], skip_train: bool) -> float:
-    start = time.time()
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _train_and_evaluate(files: Sequence[str], overrides: Sequence[str], skip_train: bool) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, all threads) of the training and test-evaluation subprocesses."""
+    start, cpu = time.time(), _children_cpu_seconds()
     if not skip_train:
         _run_bundle(files, overrides)
     _run_bundle([*files, str(CONFIGS / "evaluate.json")], overrides)
-    return time.time() - start
+    return time.time() - start, _children_cpu_seconds() - cpu
 
 
 def run_sweep(betas: Sequence[float], out: Path, overrides: Sequence[str], skip_train: bool = False,
@@ -177,10 +188,10 @@ def run_sweep(betas: Sequence[float], out: Path, overrides: Sequence[str], skip_
                          "--ckpt_dir", str(models / "sweep" / f"beta_{name}"),
                          "--output_dir", str(out / f"beta_{name}")]
         logger.info("β_paper = %g: training and test evaluation", beta_paper)
-        seconds = _train_and_evaluate([str(CONFIGS / "train.json")], run_overrides, skip_train)
+        seconds, cpu = _train_and_evaluate([str(CONFIGS / "train.json")], run_overrides, skip_train)
         metrics = read_test_metrics(out / f"beta_{name}" / "per_case_test_metrics.csv")
         rows.append({"beta_paper": float(beta_paper), "beta": _mean_beta(extra, beta_paper), "metrics": metrics,
-                     "seconds": seconds})
+                     "seconds": seconds, "cpu_seconds": cpu})
         logger.info("β_paper = %g: test Dice %s (%.0f s)", beta_paper, _cell(metrics["dice"]), seconds)
     table = format_sweep(rows)
     (out / "beta_sweep.md").write_text(table)
@@ -202,9 +213,9 @@ def run_bias(out: Path, overrides: Sequence[str], skip_train: bool = False, mode
         files = [str(CONFIGS / "train.json"), str(CONFIGS / "methods" / f"{method}.json")]
         run_overrides = [*overrides, "--ckpt_dir", str(models / method), "--output_dir", str(out / method)]
         logger.info("%s: training and test evaluation", method)
-        seconds = _train_and_evaluate(files, run_overrides, skip_train)
+        seconds, cpu = _train_and_evaluate(files, run_overrides, skip_train)
         metrics = read_test_metrics(out / method / "per_case_test_metrics.csv")
-        rows.append({"name": name, "method": method, "metrics": metrics, "seconds": seconds})
+        rows.append({"name": name, "method": method, "metrics": metrics, "seconds": seconds, "cpu_seconds": cpu})
         logger.info("%s: test Dice %s (%.0f s)", method, _cell(metrics["dice"]), seconds)
     table = format_bias(rows)
     (out / "bias_comparison.md").write_text(table)
@@ -239,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = run_bias(out, overrides, args.skip_train, Path(args.models))
         name = "bias_comparison.md"
     print(table)
-    print(f"table: {out / name} ({time.time() - start:.0f} s)")
+    print(f"table: {out / name} ({time.time() - start:.0f} s wall, {_children_cpu_seconds():.0f} s CPU of the bundle "
+          "runs)")
     return 0
 
 

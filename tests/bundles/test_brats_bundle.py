@@ -127,7 +127,7 @@ def test_unsupervised_bias_mode_trains_without_labels(workspace):
     assert len(runs) == 1
     params = runs[0].data.params
     assert params["num_labelled_cases"] == "0" and params["loss"] == "BiasFieldMumfordShahLoss"
-    assert params["out_channels"] == "4"  # 3 classes + 1 bias channel
+    assert params["out_channels"] == "5"  # 4 classes + 1 bias channel
     assert params["bias_strength"] == "0.3"
     metrics = read_test_metrics(ws["root"] / "unsup_eval" / "per_case_test_metrics.csv")
     assert len(metrics["dice"]) == 2 and all(0.0 <= d <= 1.0 for d in metrics["dice"])
@@ -166,9 +166,10 @@ def test_table_formatting_and_metrics_reader(tmp_path):
             {"beta_paper": 1e-6, "beta": 1.77, "seconds": 12.0,
              "metrics": {"dice": [0.9, 0.7], "precision": [0.9, 0.8], "recall": [0.9, 0.6], "jaccard": [0.8, 0.5]}}]
     table = format_sweep(rows)
-    assert "| 0 | 0 | 0.700 ± 0.100 | 0.900 ± 0.000 | 0.600 ± 0.100 | 0.550 ± 0.120 | 10 |" in table
+    assert "| 0 | 0 | 0.700 ± 0.100 | 0.900 ± 0.000 | 0.600 ± 0.100 | 0.550 ± 0.120 | 10 | nan |" in table
     assert "Best Dice at β_paper = 1e-06 (+0.100 against β = 0)" in table
-    assert len([line for line in table.splitlines() if line.startswith("| β")]) == len(PAPER_TABLE_V) - 1 + 1
+    paper_rows = [line for line in table.splitlines() if line.startswith("| β = 0 |") or line.startswith("| β > 0")]
+    assert len(paper_rows) == len(PAPER_TABLE_V) and "| β > 0 (3) | 0.880 | 0.904 | 0.858 | 0.786 |" in paper_rows
     assert beta_label(0) == "0" and beta_label(1e-6) == "1e-06"
     bias = format_bias([{"name": "plain", "metrics": rows[0]["metrics"], "seconds": 5.0}])
     assert "| plain | 0.700 ± 0.100 |" in bias
