@@ -264,7 +264,8 @@ def run_cascade(fractions: Sequence[str], overrides: Mapping[str, Any], single_s
         per_fraction = {**overrides, "labelled_fraction": fraction}
         liver = _parser(config_files("liver", False), per_fraction)
         tag = liver.get_parsed_content("fraction_tag")
-        single_overrides = {**per_fraction, "experiment_name": EXPERIMENT, "max_epochs": single_stage_epochs,
+        single_overrides = {**per_fraction, "experiment_name": liver.get_parsed_content("experiment_name"),
+                            "max_epochs": single_stage_epochs,
                             "ckpt_dir": f"{liver.get_parsed_content('cascade_models')}/{tag}/single",
                             "output_dir": f"{liver.get_parsed_content('cascade_root')}/{tag}/single"}
         seconds = {}
@@ -343,11 +344,12 @@ def write_table(results: Sequence[Mapping[str, Any]], out: Path) -> tuple[Path, 
     return md, csv_path
 
 
-def log_table(results: Sequence[Mapping[str, Any]], files: Sequence[Path], params: Mapping[str, Any]) -> str:
+def log_table(results: Sequence[Mapping[str, Any]], files: Sequence[Path], params: Mapping[str, Any],
+              experiment: str = EXPERIMENT) -> str:
     """One MLflow run (tag ``workflow = table``) with per-fraction metrics and the table files; returns its id."""
     from pipeline.tracking import MLflowTracker, make_run_name
 
-    tracker = MLflowTracker(EXPERIMENT, run_name=make_run_name("lits", "cascade-table"), bundle="lits",
+    tracker = MLflowTracker(experiment, run_name=make_run_name("lits", "cascade-table"), bundle="lits",
                             params=params, tags={"method": "cascade", "workflow": "table"}, log_config=False)
     run_id = tracker.start_run()
     for r in results:
@@ -358,6 +360,8 @@ def log_table(results: Sequence[Mapping[str, Any]], files: Sequence[Path], param
         values = {f"{r['tag']}_{k}": float(np.mean(v)) for k, v in metrics.items()}
         values.update({f"{r['tag']}_{k}_std": float(np.std(v)) for k, v in metrics.items()})
         values[f"{r['tag']}_num_labelled"] = r["num_labelled"]
+        values[f"{r['tag']}_wall_seconds"] = r["seconds"]
+        values.update({f"{r['tag']}_seconds_{k.replace(' ', '_')}": v for k, v in r["step_seconds"].items()})
         tracker.log_metrics(values)
     for path in files:
         tracker.log_artifact(path)
@@ -411,7 +415,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.casc
               "liver_dilation": settings.get_parsed_content("liver_dilation"),
               "gt_liver_for_labelled": settings.get_parsed_content("gt_liver_for_labelled"),
               "wall_seconds": round(time.time() - started, 1)}
-    log_table(results, files, params)
+    log_table(results, files, params, experiment=settings.get_parsed_content("experiment_name"))
     print(files[0].read_text())
     print(f"table: {files[0]} ({time.time() - started:.0f} s)")
     return 0
