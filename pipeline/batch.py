@@ -780,7 +780,9 @@ def _build_parser(prog: str = "python -m pipeline.batch") -> _ArgumentParser:
     parser.add_argument("--markers", default=None, help="markers file, or a folder of <case>.csv / .mrk.json")
     parser.add_argument("--markers-space", default=None, type=str.upper, choices=["RAS", "LPS", "VOXEL"],
                         help="coordinates of CSV x,y,z markers")
-    parser.add_argument("--modalities", nargs="+", default=None, help="modalities to read (multi-modal layouts)")
+    parser.add_argument("--modalities", nargs="+", default=None,
+                        help="modalities to read, in this order (multi-modal layouts; default: the bundle's "
+                             "'modalities' setting, if it has one)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing masks")
     parser.add_argument("--identify", action="store_true",
                         help="name DICOM cases after their series instead of a pseudonym")
@@ -822,6 +824,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.batc
         config.read_config(files if len(files) > 1 else files[0])
         for key, value in overrides.items():
             config[key] = value
+        if args.modalities is not None and "modalities" in config:
+            config["modalities"] = list(args.modalities)  # the predictor reads what the indexer returns
+        modalities = args.modalities or (
+            list(config.get_parsed_content("modalities")) if "modalities" in config else None)
         config["input"] = args.input
         if args.output is not None:
             config["output"] = args.output
@@ -861,7 +867,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.batc
     previous = _terminate_as_interrupt()
     try:
         return execute(bundle, args.input, output, postfix, predictor, ckpt_path=ckpt_path, ckpt_hint=ckpt_hint,
-                       layout=args.layout, modalities=args.modalities, markers=markers, overwrite=args.overwrite,
+                       layout=args.layout, modalities=modalities, markers=markers, overwrite=args.overwrite,
                        identify=args.identify, labels=labels, csv_name=csv_name, mlflow=not args.no_mlflow,
                        experiment_name=experiment, tags={"method": method} if method else None,
                        progress=not args.no_progress)

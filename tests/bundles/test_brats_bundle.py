@@ -212,3 +212,15 @@ def test_real_eval_brats_on_the_deepmedic_sample(workspace):
     assert mask.shape == image.shape and np.allclose(mask.affine, image.affine)
     summary = json.loads((out / "summary.json").read_text())
     assert "dice_mean.grid2.5mm" in summary["metrics"]
+    # the same model through the batch command: two modalities in the bundle's order, already z-scored input
+    masks = ws["root"] / "real_masks"
+    cmd = [sys.executable, "-m", "pipeline.batch", "brats", "--input", str(_real_folder()), "--output", str(masks),
+           "--modalities", "flair", "t1ce", "--ckpt_dir", str(models), "--features", "4", "--already_normalized",
+           "true", "--num_threads", "2", "--no-progress"]
+    proc = subprocess.run(cmd, cwd=REPO, env=ws["env"], capture_output=True, encoding="utf-8", errors="replace",
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader((masks / "cases.csv").open()))
+    assert len(rows) == 4 and all(r["status"] == "done" for r in rows)
+    first = nib.load(str(masks / f"{rows[0]['case']}_tumour.nii.gz"))
+    assert first.shape == (240, 240, 155)
