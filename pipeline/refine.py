@@ -562,11 +562,13 @@ class RefinementWorkflow:
         network.eval()
         dice, error = [], []
         for case in cases:
-            trace = iterate_refinement(network, case.slices(self.num_slices).to(self.device),
-                                       RefineCase.as_slices(case.base), 1, batch_size=self.slice_batch_size,
-                                       divisor=self.divisor)
-            dice.append(volume_dice(trace.masks[1][:, 0].permute(1, 2, 0).numpy(), case.label.numpy()))
-            error.append(abs(trace.qualities[0] - volume_dice(case.base.numpy(), case.label.numpy())))
+            base = RefineCase.as_slices(case.base)
+            with torch.no_grad():  # one pass: the refined mask and the predicted quality of the base mask
+                refined, q = _forward(network, case.slices(self.num_slices).to(self.device), base,
+                                      self.slice_batch_size, self.divisor)
+            dice.append(volume_dice(refined[:, 0].permute(1, 2, 0).numpy(), case.label.numpy()))
+            predicted = volume_quality(q, base.numpy(), refined.numpy())
+            error.append(abs(predicted - volume_dice(case.base.numpy(), case.label.numpy())))
         return float(np.mean(dice)), float(np.mean(error))
 
     def train(self, network: torch.nn.Module, dataset: RefineSliceDataset, epochs: int,

@@ -328,3 +328,22 @@ def test_refine_predictor_missing_checkpoint(tmp_path: Path) -> None:
                                 tmp_path / "none.pt", num_slices=1)
     with pytest.raises(FileNotFoundError, match=r"refinement checkpoint .*none.pt not found"):
         predictor.load()
+
+
+def test_batch_refine_flag_needs_a_refinement_stage(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pipeline.batch import main
+
+    assert main(["lung", "--input", str(tmp_path), "--refine", "--no-mlflow"]) == 2
+    err = capsys.readouterr().err
+    assert "bundle 'lung' has no refinement stage" in err and "refine_inference.json not found" in err
+
+
+def test_refine_configs_parse() -> None:
+    """The shipped refine configs resolve: variant names, base checkpoints, the network they build."""
+    from pipeline.refine_table import resolve
+
+    ckpt, variant, net = resolve("lits", [], "base_ckpt", "refine_variant", "refine_network_def")
+    assert ckpt.endswith("bundles/lits/models/model.pt") and variant == "q"
+    assert isinstance(net(), QualityUNet) and net().in_channels == 3
+    ckpt, variant = resolve("spect", ["--quality_weight", "0", "--self_training", "warm"], "base_ckpt", "refine_variant")
+    assert ckpt.endswith("bundles/spect/models/mode1/model.pt") and variant == "noq-warm"
