@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = ("lits", "spect")
+TARGETS = {"lits": "lesion class", "spect": "bone"}
 VARIANTS = {
     "noq": (["--quality_weight", "0"], "no quality output (λ = 0)"),
     "q": ([], "quality output (λ from refine.json)"),
@@ -120,7 +121,7 @@ def format_table(bundle: str, summaries: Mapping[str, Mapping[str, Any]], second
             f"(k≤{k_es}, steps {min(es_steps)}–{max(es_steps)}) | {_fmt(d[best])} (k={best}) | "
             f"{seconds.get(name, float('nan')):.0f} |")
     lines += ["", f"Test Dice, mean ± population std over {n_test} held-out test cases (volume Dice of the "
-                  f"{bundle} target); k chosen on {n_val} validation cases among 0..{first['max_iterations']}.", "",
+                  f"{TARGETS.get(bundle, bundle)}); k chosen on {n_val} validation cases among 0..{first['max_iterations']}.", "",
               "| variant | r, cases, base masks (n) | r, cases, all k | r, slices, base masks (n) | "
               "r, slices, synthesised masks (n) | mean abs. error, cases, base masks |",
               "|---|---|---|---|---|---|"]
