@@ -257,7 +257,7 @@ def test_missing_base_model_names_file_and_command(tmp_path: Path) -> None:
         wf.run()
 
 
-@pytest.mark.parametrize("self_training", ["none", "warm"])
+@pytest.mark.parametrize("self_training", ["none", "warm", "scratch"])
 def test_workflow_end_to_end(tmp_path: Path, self_training: str) -> None:
     torch.manual_seed(0)
     base = _BaseNet()
@@ -270,7 +270,7 @@ def test_workflow_end_to_end(tmp_path: Path, self_training: str) -> None:
     summary = wf.run()
     assert len(summary["test_dice_per_k"]) == 3 and summary["num_test_cases"] == 3
     assert 0 <= summary["k_val"] <= 2 and summary["test_dice_valk"] == summary["test_dice_per_k"][summary["k_val"]]
-    assert summary["num_own_output_samples"] == (8 if self_training == "warm" else 0)
+    assert summary["num_own_output_samples"] == (0 if self_training == "none" else 8)  # 2 cases x 4 slices, 1 round
     # the base mask (image > 0.5) of the noisy phantom against its square label, recomputed here
     cases = wf.load_cases()
     expected = np.mean([volume_dice(c.base.numpy(), c.label.numpy()) for c in cases["test"]])
