@@ -100,7 +100,7 @@ class QualityRegularisedDiceLoss(_Loss):
 
     def terms(self, input: torch.Tensor, target: torch.Tensor, quality: torch.Tensor,
               input_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The per-sample pieces: ``dice_loss`` (1 − soft Dice), ``quality_target`` (q*), ``quality_error`` ((q̂ − q*)²).
+        """Per-sample pieces: ``dice_loss`` (1 − soft Dice), ``quality_target`` (q*), ``quality_error`` ((q̂ − q*)²).
 
         All ``(B,)``; with ``batch=True`` ``dice_loss`` repeats the batch value.
         """

@@ -488,7 +488,8 @@ class RefinementWorkflow:
         self.base_inferer, self.base_mask, self.target = base_inferer, base_mask, target
         self.network_factory, self.loss, self.optimizer_factory = network_factory, loss, optimizer_factory
         self.mask_augmentation = mask_augmentation
-        self.num_slices, self.base_mask_prob, self.slice_stride = int(num_slices), float(base_mask_prob), int(slice_stride)
+        self.num_slices, self.base_mask_prob = int(num_slices), float(base_mask_prob)
+        self.slice_stride = int(slice_stride)
         self.batch_size, self.max_epochs = int(batch_size), int(max_epochs)
         self.max_iterations, self.early_stop_delta = int(max_iterations), float(early_stop_delta)
         self.self_training, self.self_training_rounds = self_training, int(self_training_rounds)
@@ -575,7 +576,8 @@ class RefinementWorkflow:
               val_cases: Sequence[RefineCase], tag: str) -> tuple[torch.nn.Module, float]:
         """Train ``network`` for ``epochs``; returns it with the weights of the best validation Dice (one step)."""
         optimizer = self.optimizer_factory(network.parameters())
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=True, num_workers=0, drop_last=len(dataset) > self.batch_size)
+        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=True, num_workers=0,
+                            drop_last=len(dataset) > self.batch_size)  # no batch of one for batch norm
         best, best_state = -1.0, None
         for epoch in range(1, epochs + 1):
             network.train()
@@ -638,12 +640,14 @@ class RefinementWorkflow:
             base_slices = RefineCase.as_slices(case.base)[:, 0].numpy()
             label_slices = RefineCase.as_slices(case.label)[:, 0].numpy()
             rows.append({"case": case.case, "dice": dice, "quality": list(trace.qualities),
-                         "slice_quality": trace.slice_qualities[0], "slice_dice": _slice_dice(base_slices, label_slices),
+                         "slice_quality": trace.slice_qualities[0],
+                         "slice_dice": _slice_dice(base_slices, label_slices),
                          "slice_nonempty": (base_slices.reshape(len(base_slices), -1).any(1)
                                             | label_slices.reshape(len(label_slices), -1).any(1))})
         return rows
 
-    def synthetic_quality(self, network: torch.nn.Module, cases: Sequence[RefineCase]) -> tuple[list[float], list[float]]:
+    def synthetic_quality(self, network: torch.nn.Module,
+                          cases: Sequence[RefineCase]) -> tuple[list[float], list[float]]:
         """Predicted vs true Dice of degraded labels (``mask_augmentation``, seeded) on slices with foreground."""
         if self.mask_augmentation is None:
             return [], []
@@ -761,7 +765,8 @@ class RefinementWorkflow:
             summary.update(best_val_dice_1x=best, num_train_slices=len(dataset), num_own_output_samples=dataset.num_own,
                            wall_seconds=round(time.time() - start, 1))
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            torch.save({"model": network.state_dict(), "k": summary["k_val"], "k_early_stop": summary["k_val_early_stop"],
+            torch.save({"model": network.state_dict(), "k": summary["k_val"],
+                        "k_early_stop": summary["k_val_early_stop"],
                         "early_stop_delta": self.early_stop_delta, "num_slices": self.num_slices,
                         "variant": self.variant}, self.ckpt_dir / "model.pt")
             paths = self.write_outputs(val_rows, test_rows, summary)

@@ -121,7 +121,8 @@ def format_table(bundle: str, summaries: Mapping[str, Mapping[str, Any]], second
             f"(k≤{k_es}, steps {min(es_steps)}–{max(es_steps)}) | {_fmt(d[best])} (k={best}) | "
             f"{seconds.get(name, float('nan')):.0f} |")
     lines += ["", f"Test Dice, mean ± population std over {n_test} held-out test cases (volume Dice of the "
-                  f"{TARGETS.get(bundle, bundle)}); k chosen on {n_val} validation cases among 0..{first['max_iterations']}.", "",
+                  f"{TARGETS.get(bundle, bundle)}); k chosen on {n_val} validation cases among "
+                  f"0..{first['max_iterations']}.", "",
               "| variant | r, cases, base masks (n) | r, cases, all k | r, slices, base masks (n) | "
               "r, slices, synthesised masks (n) | mean abs. error, cases, base masks |",
               "|---|---|---|---|---|---|"]
@@ -131,7 +132,8 @@ def format_table(bundle: str, summaries: Mapping[str, Mapping[str, Any]], second
             f"{_r(s['pearson_r_slices_0x'])} ({s['num_slices_0x']}) | {_r(s['pearson_r_slices_synthetic'])} "
             f"({s['num_slices_synthetic']}) | {s['quality_mae_cases_0x']:.3f} |")
     lines += ["", "Pearson r of the predicted quality against the true Dice of the same mask on held-out test cases: "
-                  "per case (volume quality from the per-slice predictions), per slice with foreground in the base mask "
+                  "per case (volume quality from the per-slice predictions), per slice with foreground in the base "
+                  "mask "
                   "or the label, and per slice for labels degraded by the training augmentation. λ = 0 leaves the "
                   "quality head untrained, so its r is a control."]
     return "\n".join(lines) + "\n"
@@ -142,7 +144,8 @@ def write_csv(path: Path, summaries: Mapping[str, Mapping[str, Any]], seconds: M
     kmax = max(s["max_iterations"] for s in summaries.values())
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["variant", *[f"dice_{k}x" for k in range(kmax + 1)], *[f"dice_std_{k}x" for k in range(kmax + 1)],
+        writer.writerow(["variant", *[f"dice_{k}x" for k in range(kmax + 1)],
+                         *[f"dice_std_{k}x" for k in range(kmax + 1)],
                          "k_val", "dice_valk", "k_val_early_stop", "dice_valk_early_stop", "best_k", "dice_bestk",
                          "pearson_r_cases_0x", "pearson_r_cases_all_k", "pearson_r_slices_0x", "num_slices_0x",
                          "pearson_r_slices_synthetic", "num_slices_synthetic", "quality_mae_cases_0x",
@@ -150,7 +153,8 @@ def write_csv(path: Path, summaries: Mapping[str, Mapping[str, Any]], seconds: M
         for name, s in summaries.items():
             d, sd = s["test_dice_per_k"], s["test_dice_std_per_k"]
             writer.writerow([name, *[f"{v:.4f}" for v in d], *[f"{v:.4f}" for v in sd], s["k_val"],
-                             f"{s['test_dice_valk']:.4f}", s["k_val_early_stop"], f"{s['test_dice_valk_early_stop']:.4f}",
+                             f"{s['test_dice_valk']:.4f}", s["k_val_early_stop"],
+                             f"{s['test_dice_valk_early_stop']:.4f}",
                              s["best_k"], f"{s['test_dice_bestk']:.4f}", f"{s['pearson_r_cases_0x']:.4f}",
                              f"{s['pearson_r_cases_all_k']:.4f}", f"{s['pearson_r_slices_0x']:.4f}", s["num_slices_0x"],
                              f"{s['pearson_r_slices_synthetic']:.4f}", s["num_slices_synthetic"],

@@ -239,7 +239,8 @@ class RandMaskRotate(_RandMask):
         theta = np.deg2rad(params["angle"])
         matrix = np.eye(mask.ndim)
         a, b = self.axes
-        matrix[a, a], matrix[a, b], matrix[b, a], matrix[b, b] = np.cos(theta), -np.sin(theta), np.sin(theta), np.cos(theta)
+        cos, sin = np.cos(theta), np.sin(theta)
+        matrix[a, a], matrix[a, b], matrix[b, a], matrix[b, b] = cos, -sin, sin, cos
         centre = np.asarray(params["centre"])
         offset = centre - matrix @ centre
         return ndimage.affine_transform(mask.astype(np.uint8), matrix, offset=offset, order=0, cval=0) > 0
@@ -352,7 +353,8 @@ class RandImperfectMask(_RandMask):
         ]
         self.set_random_state(state=self.R)
 
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandImperfectMask:
+    def set_random_state(self, seed: int | None = None,
+                         state: np.random.RandomState | None = None) -> RandImperfectMask:
         """Seed ``self.R``; every step draws from the same generator, in order."""
         super().set_random_state(seed, state)
         for _, step in getattr(self, "steps", []):

@@ -30,7 +30,8 @@ def test_ill_opts() -> None:
     "kwargs, image, mask",
     [
         ({"spatial_dims": 2, "in_channels": 3, "features": 4}, (2, 3, 16, 24), (2, 1, 16, 24)),
-        ({"spatial_dims": 2, "in_channels": 1, "features": 2, "levels": 3, "out_channels": 2}, (3, 1, 8, 12), (3, 1, 8, 12)),
+        ({"spatial_dims": 2, "in_channels": 1, "features": 2, "levels": 3, "out_channels": 2}, (3, 1, 8, 12),
+         (3, 1, 8, 12)),
         ({"spatial_dims": 3, "in_channels": 2, "features": 2, "levels": 3}, (2, 2, 8, 8, 12), (2, 1, 8, 8, 12)),
         ({"spatial_dims": 3, "in_channels": 1, "features": 2, "norm": None}, (1, 1, 8, 16, 8), (1, 1, 8, 16, 8)),
     ],

@@ -227,7 +227,6 @@ class _BaseNet(nn.Module):
 
 
 def _workflow(tmp_path: Path, base_ckpt: Path, **kwargs) -> RefinementWorkflow:
-    from monai.inferers import Inferer  # noqa: F401 - the slice inferer is a MONAI inferer
     from pipeline.slicing import AdjacentSliceInferer
     from transforms import RandImperfectMaskd
 
@@ -236,7 +235,8 @@ def _workflow(tmp_path: Path, base_ckpt: Path, **kwargs) -> RefinementWorkflow:
         return {"case": c.case, "image": c.image, "label": c.label[None].float()}
 
     settings = dict(
-        bundle="toy", variant="q", train_data=[entry(0), entry(1)], val_data=[entry(2)], test_data=[entry(3), entry(4), entry(5)],
+        bundle="toy", variant="q", train_data=[entry(0), entry(1)], val_data=[entry(2)],
+        test_data=[entry(3), entry(4), entry(5)],
         volume_transform=lambda d: d, base_network=_BaseNet(), base_ckpt=base_ckpt, base_hint="python train_toy.py",
         base_inferer=AdjacentSliceInferer(num_slices=1, divisible=1), base_mask=lambda out: out[0] > 0,
         target=lambda label: label[0] > 0.5,
@@ -345,5 +345,6 @@ def test_refine_configs_parse() -> None:
     ckpt, variant, net = resolve("lits", [], "base_ckpt", "refine_variant", "refine_network_def")
     assert ckpt.endswith("bundles/lits/models/model.pt") and variant == "q"
     assert isinstance(net(), QualityUNet) and net().in_channels == 3
-    ckpt, variant = resolve("spect", ["--quality_weight", "0", "--self_training", "warm"], "base_ckpt", "refine_variant")
+    overrides = ["--quality_weight", "0", "--self_training", "warm"]
+    ckpt, variant = resolve("spect", overrides, "base_ckpt", "refine_variant")
     assert ckpt.endswith("bundles/spect/models/mode1/model.pt") and variant == "noq-warm"
