@@ -19,7 +19,8 @@ Command line::
 
     python -m pipeline.brats_table sweep [--betas 0 1e-7 1e-6 1e-5] [--out DIR] [--models DIR] [--skip-train]
                                          [--key value ...]
-    python -m pipeline.brats_table bias [--out DIR] [--models DIR] [--skip-train] [--key value ...]
+    python -m pipeline.brats_table bias [--methods unsup_plain unsup_bias] [--out DIR] [--models DIR] [--skip-train]
+                                        [--key value ...]
 """
 
 from __future__ import annotations
@@ -205,11 +206,14 @@ def run_sweep(betas: Sequence[float], out: Path, overrides: Sequence[str], skip_
 BIAS_METHODS = (("plain Mumford–Shah", "unsup_plain"), ("bias-field Mumford–Shah (eqs. 19–20)", "unsup_bias"))
 
 
-def run_bias(out: Path, overrides: Sequence[str], skip_train: bool = False, models: Path = MODELS_ROOT) -> str:
-    """Train + evaluate the two unsupervised modes; write and return the Markdown table."""
+def run_bias(out: Path, overrides: Sequence[str], skip_train: bool = False, models: Path = MODELS_ROOT,
+             methods: Sequence[str] | None = None) -> str:
+    """Train + evaluate the unsupervised modes (``methods``, default both); write and return the Markdown table."""
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, method in BIAS_METHODS:
+        if methods is not None and method not in methods:
+            continue
         files = [str(CONFIGS / "train.json"), str(CONFIGS / "methods" / f"{method}.json")]
         run_overrides = [*overrides, "--ckpt_dir", str(models / method), "--output_dir", str(out / method)]
         logger.info("%s: training and test evaluation", method)
@@ -231,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("table", choices=["sweep", "bias"], help="β sweep (Table V) or unsupervised bias comparison")
     parser.add_argument("--betas", nargs="+", type=float, default=list(DEFAULT_BETAS),
                         help="β_paper values of the sweep (default: 0 1e-7 1e-6 1e-5)")
+    parser.add_argument("--methods", nargs="+", default=None, choices=[m for _, m in BIAS_METHODS],
+                        help="bias: which unsupervised modes to run (default both)")
     parser.add_argument("--out", default=None, help="output folder (default bundles/brats/eval/<sweep|bias>)")
     parser.add_argument("--models", default=str(MODELS_ROOT),
                         help="checkpoint folder (default bundles/brats/models; sweep/beta_<β>/ and unsup_*/ inside)")
@@ -247,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = run_sweep(args.betas, out, overrides, args.skip_train, Path(args.models))
         name = "beta_sweep.md"
     else:
-        table = run_bias(out, overrides, args.skip_train, Path(args.models))
+        table = run_bias(out, overrides, args.skip_train, Path(args.models), args.methods)
         name = "bias_comparison.md"
     print(table)
     print(f"table: {out / name} ({time.time() - start:.0f} s wall, {_children_cpu_seconds():.0f} s CPU of the bundle "
