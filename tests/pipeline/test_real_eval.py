@@ -192,9 +192,12 @@ def test_missing_checkpoint_exits_2(tmp_path, capsys, bundle, command):
     assert str(missing) in err and "train first:" in err and command in err
 
 
-def test_brats_exits_2(capsys):
-    assert main(["brats"]) == 2
-    assert "BraTS bundle does not exist yet" in capsys.readouterr().err
+def test_brats_without_checkpoint_exits_2_with_the_training_command(tmp_path, capsys):
+    missing = tmp_path / "none" / "model.pt"
+    assert main(["brats", "--ckpt_path", str(missing), "--no-mlflow"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(missing) in err and "train first:" in err and "methods/flair_t1ce.json" in err
 
 
 @pytest.mark.parametrize(("argv", "message"), [
