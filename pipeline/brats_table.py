@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.selective_table import _override_dict, _run_bundle
+from pipeline.bundle_runs import override_dict as _override_dict
+from pipeline.bundle_runs import run_bundle as _run_bundle
 from pipeline.tracking import MLflowTracker, make_run_name
 
 logger = logging.getLogger(__name__)

@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.bundle_runs import override_dict as _override_dict
+
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -367,17 +369,6 @@ def log_table(results: Sequence[Mapping[str, Any]], files: Sequence[Path], param
         tracker.log_artifact(path)
     tracker.end_run("FINISHED")
     return run_id
-
-
-def _override_dict(overrides: Sequence[str]) -> dict[str, Any]:
-    """``--key value`` pairs as a config-override dict (JSON values parsed, anything else kept as text)."""
-    out: dict[str, Any] = {}
-    for key, value in zip(overrides[::2], overrides[1::2]):
-        try:
-            out[key.lstrip("-")] = json.loads(value)
-        except ValueError:
-            out[key.lstrip("-")] = value
-    return out
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.cascade") -> int:

@@ -21,7 +21,6 @@ import argparse
 import csv
 import json
 import logging
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -30,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.bundle_runs import override_dict as _override_dict
+from pipeline.bundle_runs import run_bundle as _run_bundle
 from pipeline.tracking import MLflowTracker, make_run_name
 
 logger = logging.getLogger(__name__)
@@ -59,30 +60,6 @@ def config_files(bundle: str, refine: bool) -> list[str]:
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found: bundle '{bundle}' has no refinement stage")
     return [str(f) for f in files]
-
-
-def _spec(files: Sequence[str]) -> str:
-    return "[" + ",".join(f"'{f}'" for f in files) + "]"
-
-
-def _run_bundle(files: Sequence[str], overrides: Sequence[str]) -> float:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", _spec(files), *overrides]
-    logger.info("running %s", " ".join(cmd))
-    start = time.time()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return time.time() - start
-
-
-def _override_dict(overrides: Sequence[str]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in zip(overrides[::2], overrides[1::2]):
-        try:
-            out[key.lstrip("-")] = json.loads(value)
-        except ValueError:
-            out[key.lstrip("-")] = value
-    return out
 
 
 def resolve(bundle: str, overrides: Sequence[str], *names: str) -> list[Any]:

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -34,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.bundle_runs import override_dict as _override_dict
+from pipeline.bundle_runs import run_bundle as _run_bundle
 from pipeline.selective import METHODS, TRAINED_METHODS
 from pipeline.tracking import MLflowTracker, make_run_name
 
@@ -71,27 +71,6 @@ def config_files(dataset: str, method: str, evaluate: bool) -> list[str]:
     if evaluate:
         files.append(str(LUNG_CONFIGS / "evaluate.json"))
     return files
-
-
-def _run_bundle(files: Sequence[str], overrides: Sequence[str]) -> float:
-    spec = "[" + ",".join(f"'{f}'" for f in files) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", spec, *overrides]
-    start = time.time()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return time.time() - start
-
-
-def _override_dict(overrides: Sequence[str]) -> dict[str, object]:
-    """``--key value`` pairs as a config-override dict (JSON values parsed, anything else kept as text)."""
-    out: dict[str, object] = {}
-    for key, value in zip(overrides[::2], overrides[1::2]):
-        try:
-            out[key.lstrip("-")] = json.loads(value)
-        except ValueError:
-            out[key.lstrip("-")] = value
-    return out
 
 
 def _parser(files: Sequence[str], overrides: Sequence[str]) -> Any:
