@@ -53,8 +53,10 @@ __all__ = [
     "RefineSliceDataset",
     "RefinementTrace",
     "RefinementWorkflow",
+    "SelectiveRefinePredictor",
     "choose_k",
     "iterate_refinement",
+    "load_refinement",
     "pearson_r",
     "stack_slices",
     "stop_step",
@@ -363,9 +365,11 @@ def _plain(x: Any) -> torch.Tensor:
 
 
 def _cache_key(name: str, entry: Mapping[str, Any]) -> str:
-    """Base-mask cache key: case name, image path, its size and modification time (a changed file is recomputed)."""
+    """Base-mask cache key: case name, clicks if any, image path, size and modification time (changes recompute)."""
     image = entry.get("image")
     parts = [name]
+    if entry.get("points") is not None:  # selective samples: the clicks shape the base mask
+        parts.append(f"points={entry['points']}")
     for path in image if isinstance(image, (list, tuple)) else [image]:
         if not isinstance(path, (str, Path)):  # in-memory data: the name alone
             continue
@@ -802,6 +806,30 @@ def _progress(iterable: Any, desc: str, enabled: bool, leave: bool = True) -> An
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def load_refinement(network: torch.nn.Module, ckpt_path: str | Path, iterations: int | None, early_stop: bool,
+                    device: str | torch.device = "cpu") -> int:
+    """Load a refinement checkpoint into ``network``; return ``iterations``, or the ``k`` chosen on validation.
+
+    Raises:
+        FileNotFoundError: the checkpoint is missing (names the command that trains it).
+        RuntimeError: ``iterations`` is None and the checkpoint holds no chosen ``k``.
+    """
+    from pipeline.predictors import load_weights
+
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"refinement checkpoint {ckpt_path} not found: train it with the bundle's "
+                                "refine config (or python -m pipeline.refine_table <bundle>)")
+    load_weights(network, ckpt_path, device)
+    if iterations is not None:
+        return int(iterations)
+    state = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
+    key = "k_early_stop" if early_stop else "k"
+    if not isinstance(state, Mapping) or key not in state:
+        raise RuntimeError(f"refinement checkpoint {ckpt_path} holds no chosen k ({key}); pass iterations explicitly")
+    return int(state[key])
+
+
 class RefinePredictor:
     """Wrap a bundle's :class:`pipeline.predictors.SlicePredictor`: base mask, ``k`` refinement steps, quality.
 
@@ -833,20 +861,8 @@ class RefinePredictor:
 
     def load(self) -> None:
         """Load the base checkpoint and the refinement checkpoint (and its ``k`` when ``iterations`` is None)."""
-        from pipeline.predictors import load_weights
-
         self.base.load()
-        if not self.ckpt_path.is_file():
-            raise FileNotFoundError(f"refinement checkpoint {self.ckpt_path} not found: train it with the bundle's "
-                                    "refine config (or python -m pipeline.refine_table <bundle>)")
-        load_weights(self.network, self.ckpt_path, self.device)
-        if self.iterations is None:
-            state = torch.load(str(self.ckpt_path), map_location="cpu", weights_only=True)
-            key = "k_early_stop" if self.early_stop else "k"
-            if not isinstance(state, Mapping) or key not in state:
-                raise RuntimeError(f"refinement checkpoint {self.ckpt_path} holds no chosen k ({key}); pass "
-                                   "iterations explicitly")
-            self.iterations = int(state[key])
+        self.iterations = load_refinement(self.network, self.ckpt_path, self.iterations, self.early_stop, self.device)
 
     def __call__(self, volume: Any, entry: Mapping[str, Any] | None = None) -> tuple[np.ndarray, float]:
         """``(mask in the volume's own voxel order, predicted quality)``."""
@@ -868,3 +884,67 @@ class RefinePredictor:
                                    min_delta=self.min_delta, batch_size=self.batch_size, divisor=self.divisor)
         mask = trace.mask[:, 0].permute(1, 2, 0).numpy().astype(np.uint8)
         return np.ascontiguousarray(first.from_ras(mask)), float(trace.quality)
+
+
+class SelectiveRefinePredictor:
+    """Refinement on top of the lung (selective) predictor: each clicked slice's VM-Net mask, refined ``k`` times.
+
+    ``predictor(volume, entry) -> (mask, quality)``: :class:`pipeline.predictors.SelectivePredictor` segments every
+    axial slice holding clicks; each slice's mask is refined from the slice's network input ``(f, G)`` and the
+    returned quality is the mean predicted quality of the refined slices (area-weighted, as
+    :func:`volume_quality`).
+
+    Args:
+        base: the bundle's :class:`pipeline.predictors.SelectivePredictor`.
+        network: the :class:`networks.QualityUNet` (2 input channels: ``f`` and the guidance map).
+        ckpt_path: the refinement checkpoint.
+        iterations: refinement steps; None takes the ``k`` chosen on validation stored in the checkpoint.
+        early_stop: stop early when the predicted quality stops rising.
+        min_delta: smallest quality rise that counts.
+        divisor: pad slices to a multiple of this.
+        device: where the network runs.
+    """
+
+    needs_markers = True
+
+    def __init__(self, base: Any, network: torch.nn.Module, ckpt_path: str | Path, iterations: int | None = None,
+                 early_stop: bool = True, min_delta: float = 0.0, divisor: int = 8,
+                 device: str | torch.device = "cpu") -> None:
+        self.base, self.network, self.ckpt_path = base, network, Path(ckpt_path)
+        self.iterations, self.early_stop, self.min_delta = iterations, bool(early_stop), float(min_delta)
+        self.divisor, self.device = int(divisor), torch.device(device)
+        self._loaded = False
+
+    def load(self) -> None:
+        """Load the VM-Net and the refinement checkpoint (and its ``k`` when ``iterations`` is None)."""
+        self.base.load()
+        self.iterations = load_refinement(self.network, self.ckpt_path, self.iterations, self.early_stop, self.device)
+        self.network.eval()
+        self._loaded = True
+
+    def __call__(self, volume: Any, entry: Mapping[str, Any] | None = None) -> tuple[np.ndarray, float]:
+        """``(mask in the volume's own voxel order, predicted quality)``."""
+        from pipeline.predictors import SelectivePredictor
+        from pipeline.selective import loader_samples
+
+        if not self._loaded:
+            self.load()
+        base_predict = self.base._predict
+        scores: list[tuple[float, float]] = []
+
+        def _refined(sample: Mapping[str, Any]) -> np.ndarray:
+            x = loader_samples([sample], self.base.guidance)[0]["input"][None].to(self.device)
+            mask = torch.as_tensor(np.asarray(base_predict(sample), dtype=bool))[None, None]
+            trace = iterate_refinement(self.network, x, mask, int(self.iterations), early_stop=self.early_stop,
+                                       min_delta=self.min_delta, batch_size=1, divisor=self.divisor)
+            result = trace.mask[0, 0].numpy()
+            scores.append((float(trace.quality), float(max(result.sum(), 1))))
+            return result
+
+        wrapped = SelectivePredictor(None, None, self.base.guidance, self.base.slicer, self.base.divisible,
+                                     self.base.device, self.base.markers_space, sample_predict=_refined)
+        mask = wrapped(volume, entry)
+        if not scores:
+            return mask, float("nan")
+        q, w = np.asarray(scores).T
+        return mask, float(np.sum(q * w) / np.sum(w))

@@ -13,6 +13,8 @@ Command line (further ``--key value`` pairs go to every bundle run, e.g. ``--ref
 
     python -m pipeline.refine_table lits [--variants noq q] [--train-base] [--out DIR]
     python -m pipeline.refine_table spect
+    python -m pipeline.refine_table brats
+    python -m pipeline.refine_table lung
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from pipeline.tracking import MLflowTracker, make_run_name
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLES = ("lits", "spect")
-TARGETS = {"lits": "lesion class", "spect": "bone"}
+BUNDLES = ("lits", "spect", "brats", "lung")
+TARGETS = {"lits": "lesion class", "spect": "bone", "brats": "complete tumour",
+           "lung": "left lung, one clicked slice per case"}
 VARIANTS = {
     "noq": (["--quality_weight", "0"], "no quality output (λ = 0)"),
     "q": ([], "quality output (λ from refine.json)"),

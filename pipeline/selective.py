@@ -46,6 +46,7 @@ __all__ = [
     "PaddedInferer",
     "SelectiveSlices",
     "SelectiveTrainer",
+    "SliceStackInferer",
     "TrainingBatch",
     "dice_jaccard",
     "dip_segment",
@@ -54,6 +55,7 @@ __all__ = [
     "overlay_callback",
     "predict_mask",
     "prepare_selective_batch",
+    "refine_entries",
     "run_per_image_method",
     "run_tracked",
     "save_overlay",
@@ -157,6 +159,44 @@ class SelectiveSlices:
             samples.append(self.from_volume(entry, position))
         return samples
 
+    def volume_slices(self, datalist: Sequence[Mapping[str, Any]], stride: int = 1,
+                      min_area: int = 20) -> list[dict[str, Any]]:
+        """Samples from every ``stride``-th axial slice of each case whose largest target region has ``min_area`` px.
+
+        The object of each slice is its largest connected target region, as in :meth:`from_volume`; clicks are
+        simulated per slice, seeded by ``(seed, case position, slice)``. Used where more labelled slices of the same
+        cases help (the refinement stage's training and validation samples).
+
+        Raises:
+            ValueError: ``stride`` or ``min_area`` below 1, or a case without any slice large enough (names it).
+        """
+        from monai.transforms import LoadImage, Orientation
+
+        if int(stride) < 1 or int(min_area) < 1:
+            raise ValueError(f"stride and min_area must be >= 1, got {stride} and {min_area}")
+        load = LoadImage(image_only=True, ensure_channel_first=True)
+        orient = Orientation(axcodes="RAS")
+        samples = []
+        for position, entry in enumerate(tqdm(datalist, desc="selective slices", unit="case",
+                                              disable=not self.progress)):
+            image = np.asarray(orient(load(entry["image"]))[0])
+            target = np.asarray(orient(load(entry["label"]))[0]) == self.target_label
+            if image.shape != target.shape:
+                raise ValueError(f"{entry['label']}: label shape {target.shape} does not match the image "
+                                 f"{entry['image']} shape {image.shape}")
+            case = str(entry.get("case", Path(str(entry["image"])).name.split(".")[0]))
+            found = 0
+            for z in np.flatnonzero(target.any(axis=(0, 1)))[::int(stride)]:
+                obj = _largest_component(target[:, :, z])
+                if int(obj.sum()) < int(min_area):
+                    continue
+                rng_seed = int(np.random.default_rng([self.seed, position, int(z)]).integers(2**31 - 1))
+                samples.append(self.from_slice(image[:, :, z], obj, case=case, slice_index=int(z), seed=rng_seed))
+                found += 1
+            if not found:
+                raise ValueError(f"{entry['label']}: no axial slice has a target region of {min_area} pixels or more")
+        return samples
+
     def from_volume(self, entry: Mapping[str, Any], position: int = 0) -> dict[str, Any]:
         """One sample from a datalist entry ``{"image", "label"[, "case"]}`` (clicks seeded by ``position``)."""
         from monai.transforms import LoadImage, Orientation
@@ -234,6 +274,28 @@ def loader_samples(samples: Sequence[Mapping[str, Any]], guidance: str) -> list[
                     case=s["case"], slice=s["slice"], points=s["points"])
         out.append(item)
     return out
+
+
+def refine_entries(samples: Sequence[Mapping[str, Any]], guidance: str) -> list[dict[str, Any]]:
+    """Selective samples as one-slice volumes for :class:`pipeline.refine.RefinementWorkflow`.
+
+    Each entry has ``image`` = the network input ``(f, G)`` as ``(2, H, W, 1)``, ``label`` ``(1, H, W, 1)``, a
+    ``case`` name ``<case>_z<slice>`` and the click ``points`` (part of the base-mask cache key).
+    """
+    return [{"case": f"{s['case']}_z{s['slice']}", "image": s["input"][..., None], "label": s["label"][..., None],
+             "points": s["points"]} for s in loader_samples(samples, guidance)]
+
+
+class SliceStackInferer:
+    """Apply a 2D network slice by slice to ``(B, C, H, W, D)`` inputs (each slice padded like :class:`PaddedInferer`)."""
+
+    def __init__(self, divisible: int = 16) -> None:
+        self.padded = PaddedInferer(divisible)
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor]) -> torch.Tensor:
+        if inputs.ndim != 5:
+            raise ValueError(f"expected (B, C, H, W, D) inputs, got shape {tuple(inputs.shape)}")
+        return torch.stack([self.padded(inputs[..., z], network) for z in range(inputs.shape[-1])], dim=-1)
 
 
 def _pad_amounts(spatial: Sequence[int], target: Sequence[int]) -> list[int]:

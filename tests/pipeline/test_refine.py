@@ -330,12 +330,18 @@ def test_refine_predictor_missing_checkpoint(tmp_path: Path) -> None:
         predictor.load()
 
 
-def test_batch_refine_flag_needs_a_refinement_stage(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_batch_refine_flag_needs_a_refinement_stage(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bundle without configs/refine_inference.json: --refine exits 2 naming the missing file."""
     from pipeline.batch import main
 
-    assert main(["lung", "--input", str(tmp_path), "--refine", "--no-mlflow"]) == 2
+    configs = tmp_path / "bundles" / "plain" / "configs"
+    configs.mkdir(parents=True)
+    (configs / "inference.json").write_text(json.dumps({"bundle": "plain"}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["plain", "--input", str(tmp_path), "--refine", "--no-mlflow"]) == 2
     err = capsys.readouterr().err
-    assert "bundle 'lung' has no refinement stage" in err and "refine_inference.json not found" in err
+    assert "bundle 'plain' has no refinement stage" in err and "refine_inference.json not found" in err
 
 
 def test_refine_configs_parse() -> None:
@@ -348,3 +354,123 @@ def test_refine_configs_parse() -> None:
     overrides = ["--quality_weight", "0", "--self_training", "warm"]
     ckpt, variant = resolve("spect", overrides, "base_ckpt", "refine_variant")
     assert ckpt.endswith("bundles/spect/models/mode1/model.pt") and variant == "noq-warm"
+
+
+def test_refine_configs_parse_brats_and_lung() -> None:
+    """BraTS refines its 12-channel input; the lung stage refines (f, G) slices of its M4 model."""
+    from pipeline.refine_table import resolve
+
+    ckpt, net = resolve("brats", [], "base_ckpt", "refine_network_def")
+    assert ckpt.endswith("bundles/brats/models/model.pt") and net().in_channels == 12
+    ckpt, net, inferer = resolve("lung", [], "base_ckpt", "refine_network_def", "refiner#base_inferer")
+    assert ckpt.endswith("bundles/lung/models/m4/model.pt") and net().in_channels == 2
+    out = inferer(torch.rand(1, 2, 20, 24, 3), lambda x: x[:, :1] * 2)
+    assert out.shape == (1, 1, 20, 24, 3)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Lung (selective): clicked slices as one-slice cases
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _GeodesicNet(nn.Module):
+    """A 'VM-Net': u = sigmoid(a·(t − G)) on the (f, G) input, so {u > 0.5} = {G < t}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(200.0))
+        self.t = nn.Parameter(torch.tensor(0.05))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.a * (self.t - x[:, 1:2]))
+
+
+@pytest.fixture(scope="module")
+def lung_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pipeline.data import generate_lung_phantoms
+
+    out = tmp_path_factory.mktemp("lung")
+    generate_lung_phantoms(out, num_cases=3, shape=(48, 48, 10), seed=0, progress=False)
+    return out
+
+
+def _lung_datalist(lung_dir: Path) -> list[dict]:
+    return [{"case": f"lung_00{i}", "image": str(lung_dir / "imagesTr" / f"lung_00{i}_0000.nii.gz"),
+             "label": str(lung_dir / "masksTr" / f"lung_00{i}_0000.nii.gz")} for i in (0, 1, 2)]
+
+
+def test_lung_slices_become_one_slice_cases(lung_dir: Path) -> None:
+    from pipeline.selective import SelectiveSlices, SliceStackInferer, refine_entries
+
+    datalist = _lung_datalist(lung_dir)
+    slicer = SelectiveSlices(progress=False)
+    every = slicer.volume_slices(datalist[:1], stride=1, min_area=1)
+    second = slicer.volume_slices(datalist[:1], stride=2, min_area=1)
+    label = np.asarray(nib.load(datalist[0]["label"]).dataobj) == 1
+    assert len(every) == int(label.any(axis=(0, 1)).sum()) and len(second) == (len(every) + 1) // 2
+    again = slicer.volume_slices(datalist[:1], stride=2, min_area=1)
+    assert [s["points"] for s in again] == [s["points"] for s in second]  # clicks seeded per case and slice
+    entries = refine_entries(second, "geodesic")
+    assert entries[0]["image"].shape == (2, 48, 48, 1) and entries[0]["label"].shape == (1, 48, 48, 1)
+    assert len({e["case"] for e in entries}) == len(entries) and entries[0]["case"].startswith("lung_000_z")
+    assert torch.equal(entries[0]["image"][1, ..., 0], second[0]["geodesic"][0])
+    with pytest.raises(ValueError, match="no axial slice has a target region of 100000"):
+        slicer.volume_slices(datalist[:1], min_area=100000)
+    out = SliceStackInferer(16)(torch.stack([e["image"] for e in entries[:2]], 0)[..., 0][..., None].repeat(1, 1, 1, 1, 3),
+                                _GeodesicNet())
+    assert out.shape == (2, 1, 48, 48, 3)
+
+
+def test_lung_workflow_and_predictor_quality(lung_dir: Path, tmp_path: Path) -> None:
+    """The workflow runs on selective one-slice cases; the predictor writes the quality column per volume."""
+    import losses
+    from pipeline.batch import run_batch
+    from pipeline.layouts import index_inputs
+    from pipeline.predictors import SelectivePredictor
+    from pipeline.refine import SelectiveRefinePredictor
+    from pipeline.selective import SelectiveSlices, SliceStackInferer, refine_entries
+    from transforms import RandImperfectMaskd
+
+    datalist = _lung_datalist(lung_dir)
+    slicer = SelectiveSlices(progress=False)
+    torch.save(_GeodesicNet().state_dict(), tmp_path / "vm.pt")
+    net = lambda: QualityUNet(spatial_dims=2, in_channels=2, features=2, levels=3)  # noqa: E731
+    wf = RefinementWorkflow(
+        bundle="lung", variant="q", train_data=refine_entries(slicer.volume_slices(datalist[:1], stride=3), "geodesic"),
+        val_data=refine_entries(slicer.volume_slices(datalist[1:2], stride=3), "geodesic"),
+        test_data=refine_entries(slicer(datalist), "geodesic"), volume_transform=lambda d: d,
+        base_network=_GeodesicNet(), base_ckpt=tmp_path / "vm.pt", base_hint="train the VM-Net",
+        base_inferer=SliceStackInferer(16), base_mask=lambda out: out[0] > 0.5, target=lambda label: label[0] > 0.5,
+        network_factory=net, loss=losses.QualityRegularisedDiceLoss(quality_weight=1.0),
+        optimizer_factory=lambda p: torch.optim.Adam(p, lr=1e-2), mask_augmentation=RandImperfectMaskd(keys="mask"),
+        num_slices=1, base_mask_prob=0.5, slice_stride=1, batch_size=4, max_epochs=1, max_iterations=2,
+        early_stop_delta=0.0, self_training="none", self_training_rounds=1, self_training_epochs=1,
+        ckpt_dir=tmp_path / "ckpt", output_dir=tmp_path / "eval", cache_dir=tmp_path / "cache", tracker=None,
+        seed=0, divisor=4, progress=False)
+    summary = wf.run()
+    assert summary["num_test_cases"] == 3 and len(summary["test_dice_per_k"]) == 3
+    base_dice = [volume_dice(c.base.numpy(), c.label.numpy()) for c in wf.load_cases()["test"]]
+    assert summary["test_dice_0x"] == pytest.approx(np.mean(base_dice)) and np.mean(base_dice) > 0.3
+
+    # batch inference: clicks on one slice of one case, refined mask and quality in cases.csv
+    image = Path(datalist[0]["image"])
+    label = np.asarray(nib.load(datalist[0]["label"]).dataobj) == 1
+    z = int(np.argmax(label.sum(axis=(0, 1))))
+    inside = np.argwhere(label[:, :, z])[::40][:6]
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    (markers / "lung_000_0000.csv").write_text("i,j,k\n" + "".join(f"{i},{j},{z}\n" for i, j in inside))
+    base = SelectivePredictor(_GeodesicNet(), tmp_path / "vm.pt", "geodesic", slicer)
+    predictor = SelectiveRefinePredictor(base, net(), tmp_path / "ckpt" / "model.pt", divisor=4)
+    predictor.load()
+    assert predictor.iterations == torch.load(tmp_path / "ckpt" / "model.pt", weights_only=True)["k_early_stop"]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / image.name).write_bytes(image.read_bytes())
+    report = run_batch(index_inputs(str(inputs)), predictor, tmp_path / "out", "left_lung", progress=False,
+                       markers=markers)
+    assert report.done == 1
+    row = next(csv.DictReader((tmp_path / "out" / "cases.csv").open()))
+    assert 0.0 <= float(row["quality"]) <= 1.0
+    mask = np.asarray(nib.load(str(next((tmp_path / "out").glob("*left_lung.nii.gz")))).dataobj)
+    assert mask.shape == label.shape and mask.sum() == mask[:, :, z].sum()  # only the clicked slice
