@@ -63,6 +63,8 @@ from scipy.fft import dctn, idctn
 from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
+from pipeline._baseline_kernels import kernels
+
 __all__ = [
     "BaselineResult",
     "selective_energy",
@@ -172,7 +174,8 @@ def _problem(
         u0 = (c < 0).astype(np.float64)  # the minimiser of E alone over [0, 1]
     else:
         u0 = np.clip(_as_image(init, "init", phi.shape, "fitting"), 0.0, 1.0)
-    return c, g, u0
+    contiguous = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731 - the kernels' layout
+    return contiguous(c), None if g is None else contiguous(g), contiguous(u0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -212,6 +215,23 @@ def _solve_shifted(rhs: np.ndarray, a: float, b: float, eigenvalues: np.ndarray)
     return idctn(dctn(rhs, type=2, norm="ortho") / (a + b * eigenvalues), type=2, norm="ortho")
 
 
+class _ShiftedSolver:
+    """:func:`_solve_shifted` with the denominator ``a + b * eigenvalues`` kept for the last ``(a, b)``."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.eigenvalues = _laplacian_eigenvalues(shape)
+        self.key: tuple[float, float] | None = None
+        self.inverse = np.empty(shape)
+
+    def __call__(self, rhs: np.ndarray, a: float, b: float) -> np.ndarray:
+        if self.key != (a, b):
+            self.inverse = 1.0 / (a + b * self.eigenvalues)
+            self.key = (a, b)
+        spectrum = dctn(rhs, type=2, norm="ortho")
+        spectrum *= self.inverse
+        return idctn(spectrum, type=2, norm="ortho", overwrite_x=True)
+
+
 def _norm(x: np.ndarray) -> float:
     """Euclidean norm by a plain reduction (``np.linalg.norm`` goes through BLAS, slow when threads are scarce)."""
     return math.sqrt(float(np.sum(x * x)))
@@ -230,6 +250,16 @@ def _normal(u: np.ndarray, eps: float, sigma: float) -> tuple[np.ndarray, np.nda
     sx, sy = _grad(us)
     norm = np.sqrt(sx * sx + sy * sy + eps * eps)
     return sx / norm, sy / norm
+
+
+def _gaussian_weights(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """The 1D kernel of ``scipy.ndimage.gaussian_filter(sigma, truncate=4)``; ``[1.0]`` for ``sigma = 0``."""
+    if sigma <= 0:
+        return np.ones(1)
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    weights = np.exp(-0.5 / sigma**2 * x**2)
+    return weights / weights.sum()
 
 
 def _curvature(u: np.ndarray, eps: float, sigma: float) -> np.ndarray:
@@ -383,16 +413,18 @@ def _proximal_descent(
         progress: show a tqdm bar.
         desc: label of the bar.
     """
-    centre = u0
+    fused = kernels()
+    centre = np.ascontiguousarray(u0, dtype=np.float64)
     current = energy(centre)
     energies = [current]
     step, rejected, converged, previous, sweeps = tau, 0, False, None, 0
     with tqdm(total=max_iter, desc=desc, disable=not progress, leave=False) as bar:
         for sweeps in range(1, max_iter + 1):
             inner = sweep(centre, step)
-            proposal = np.clip(inner, 0.0, 1.0)
+            proposal = np.empty_like(centre)
+            distance2 = fused["proposal"](inner, centre, proposal)
             proposed = energy(proposal)
-            accepted = proposed + float(np.sum((proposal - centre) ** 2)) / (2.0 * step) <= current
+            accepted = proposed + distance2 / (2.0 * step) <= current
             if accepted:
                 centre, current = proposal, proposed
                 energies.append(current)
@@ -405,11 +437,10 @@ def _proximal_descent(
                         break
                     resync(centre)
             if previous is not None and accepted:
-                change = _norm(inner - previous) / max(_norm(previous), _TINY)
-                if change < tol:
+                if fused["relative_change"](inner, previous) < tol:
                     converged = True
                     break
-            previous = inner
+            previous = inner.copy()
             bar.update(1)
             bar.set_postfix(energy=f"{current:.6g}", refresh=False)
     return BaselineResult(u=centre, mask=centre > 0.5, energy=energies, iterations=sweeps, converged=converged)
@@ -488,24 +519,22 @@ def tv_segment(
     tau = _scalar(tau, "tau", positive=True)
     tol = _scalar(tol, "tol")
     max_iter = _max_iter(max_iter)
-    threshold = mu / rho if g is None else mu * g / rho
-    eigenvalues = _laplacian_eigenvalues(c.shape)
-    wx, wy = _grad(u0)
+    fused = kernels()
+    weight = np.ones_like(c) if g is None else np.ascontiguousarray(g, dtype=np.float64)
+    threshold = np.ascontiguousarray(mu * weight / rho)
+    solve = _ShiftedSolver(c.shape)
+    wx, wy = (np.ascontiguousarray(a) for a in _grad(u0))
     bx, by = np.zeros_like(u0), np.zeros_like(u0)
     z, d = u0.copy(), np.zeros_like(u0)
+    rhs = np.empty_like(u0)
 
     def energy(u: np.ndarray) -> float:
-        return float(np.sum(c * u)) + mu * _tv(u, g)
+        return float(fused["linear_tv_energy"](u, c, weight, mu))
 
     def sweep(centre: np.ndarray, step: float) -> np.ndarray:
-        nonlocal wx, wy, bx, by, z, d
-        rhs = centre / step - rho * _div(wx - bx, wy - by) + rho * (z - d)
-        u = _solve_shifted(rhs, 1.0 / step + rho, rho, eigenvalues)
-        gx, gy = _grad(u)
-        wx, wy = _shrink(gx + bx, gy + by, threshold)
-        z = np.clip(u + d - c / rho, 0.0, 1.0)
-        bx, by = bx + gx - wx, by + gy - wy
-        d = d + u - z
+        fused["tv_rhs"](centre, 1.0 / step, rho, wx, wy, bx, by, z, d, rhs)
+        u = solve(rhs, 1.0 / step + rho, rho)
+        fused["tv_update"](u, c, threshold, rho, wx, wy, bx, by, z, d)
         return u
 
     return _proximal_descent(energy, sweep, lambda centre: None, u0, tau, 5, max_iter, tol, progress, "TV-ADMM")
@@ -539,9 +568,11 @@ class _ElasticaALM:
         self.c, self.alpha, self.beta, self.eps, self.sigma = c, alpha, beta, eps, sigma
         self.g = np.ones_like(c) if g is None else g
         self.r1, self.r = 0.1 * rho, rho
-        self.eigenvalues = _laplacian_eigenvalues(c.shape)
+        self.kernels = kernels()
+        self.solve, self.solve_n = _ShiftedSolver(c.shape), _ShiftedSolver(c.shape)
         zeros = [np.zeros_like(c) for _ in range(7)]
         self.l1, self.l2x, self.l2y, self.l3, self.l4, self.l5x, self.l5y = zeros
+        self.rhs, self.gx, self.gy, self.pn, self.sx, self.sy = (np.zeros_like(c) for _ in range(6))
         self.resync(u0)
 
     def resync(self, centre: np.ndarray) -> None:
@@ -552,48 +583,32 @@ class _ElasticaALM:
         ``|q| ~ 1`` on every straight edge.
         """
         self.u, self.v = centre.copy(), centre.copy()
-        self.px, self.py = _grad(centre)
-        self.mx, self.my = _normal(centre, self.eps, self.sigma)
+        self.px, self.py = (np.ascontiguousarray(a) for a in _grad(centre))
+        self.mx, self.my = (np.ascontiguousarray(a) for a in _normal(centre, self.eps, self.sigma))
         self.nx, self.ny = self.mx.copy(), self.my.copy()
-        self.q = _div(self.nx, self.ny)
+        self.q = np.ascontiguousarray(_div(self.nx, self.ny))
 
     def sweep(self, centre: np.ndarray, step: float) -> np.ndarray:
-        """One Gauss-Seidel pass over the subproblems (all closed form or one DCT solve), then the multipliers."""
-        r1, r = self.r1, self.r
-        # u: (1/step + r + r grad^T grad) u = centre/step + r grad^T (p + l2/r) + r (v + l3/r)
-        rhs = centre / step - r * _div(self.px + self.l2x / r, self.py + self.l2y / r) + r * self.v + self.l3
-        self.u = _solve_shifted(rhs, 1.0 / step + r, r, self.eigenvalues)
-        # v: min c.v + r/2 |v - u + l3/r|^2 over [0, 1]
-        self.v = np.clip(self.u - (self.l3 + self.c) / r, 0.0, 1.0)
-        # p: min g(alpha + beta q^2)|p| + (r1 + l1)(|p| - m.p) + r/2 |p - grad u + l2/r|^2 -> shrinkage
-        gx, gy = _grad(self.u)
-        lagged = r1 + self.l1
-        threshold = (self.g * (self.alpha + self.beta * self.q**2) + lagged) / r
-        self.px, self.py = _shrink(
-            gx - self.l2x / r + lagged * self.mx / r, gy - self.l2y / r + lagged * self.my / r, threshold
-        )
-        p_norm = np.sqrt(self.px**2 + self.py**2)
-        # q: min g beta |p| q^2 + r/2 (q - div n + l4/r)^2, pointwise
-        self.q = (r * _div(self.nx, self.ny) - self.l4) / (r + 2.0 * self.beta * self.g * p_norm)
-        # n: min r/2 |div n - a|^2 + r/2 |n - b|^2, i.e. (I + grad grad^T) n = b - grad a; Woodbury with one DCT
-        a = self.q + self.l4 / r
-        ax, ay = _grad(a)
-        sx, sy = self.mx - self.l5x / r - ax, self.my - self.l5y / r - ay
-        t = _solve_shifted(-_div(sx, sy), 1.0, 1.0, self.eigenvalues)
-        tx, ty = _grad(t)
-        self.nx, self.ny = sx - tx, sy - ty
-        # m: min -(r1 + l1) m.p + r/2 |n - m + l5/r|^2 over |m| <= 1 -> projection onto the unit ball
-        mx = self.nx + self.l5x / r + lagged * self.px / r
-        my = self.ny + self.l5y / r + lagged * self.py / r
-        scale = np.maximum(1.0, np.sqrt(mx * mx + my * my))
-        self.mx, self.my = mx / scale, my / scale
-        self.mx[-1], self.my[:, -1] = 0.0, 0.0
-        # multipliers
-        self.l1 = self.l1 + r1 * (p_norm - self.mx * self.px - self.my * self.py)
-        self.l2x, self.l2y = self.l2x + r * (self.px - gx), self.l2y + r * (self.py - gy)
-        self.l3 = self.l3 + r * (self.v - self.u)
-        self.l4 = self.l4 + r * (self.q - _div(self.nx, self.ny))
-        self.l5x, self.l5y = self.l5x + r * (self.nx - self.mx), self.l5y + r * (self.ny - self.my)
+        """One Gauss-Seidel pass over the subproblems (all closed form or one DCT solve), then the multipliers.
+
+        ``u``: ``(1/step + r + r grad^T grad) u = centre/step + r grad^T (p + l2/r) + r (v + l3/r)`` by a DCT;
+        ``v``: ``min c.v + r/2 |v - u + l3/r|^2`` over ``[0, 1]``; ``p``: shrinkage of
+        ``g(alpha + beta q^2)|p| + (r1 + l1)(|p| - m.p) + r/2 |p - grad u + l2/r|^2``; ``q``: pointwise
+        ``min g beta |p| q^2 + r/2 (q - div n + l4/r)^2``; ``n``: ``(I + grad grad^T) n = b - grad a`` through
+        Woodbury with one DCT; ``m``: projection of ``n + l5/r + (r1 + l1) p / r`` onto the unit ball; then the
+        multipliers. The per-pixel steps run fused in :mod:`pipeline._baseline_kernels`.
+        """
+        k, r, r1 = self.kernels, self.r, self.r1
+        k["elastica_rhs"](centre, 1.0 / step, r, self.px, self.py, self.l2x, self.l2y, self.v, self.l3, self.rhs)
+        self.u = self.solve(self.rhs, 1.0 / step + r, r)
+        k["elastica_pq"](self.u, self.c, self.g, self.alpha, self.beta, r, r1, self.l1, self.l2x, self.l2y, self.l3,
+                         self.l4, self.mx, self.my, self.nx, self.ny, self.v, self.q, self.px, self.py, self.gx,
+                         self.gy, self.pn)
+        k["elastica_n_rhs"](self.q, self.l4, r, self.mx, self.my, self.l5x, self.l5y, self.sx, self.sy, self.rhs)
+        t = self.solve_n(self.rhs, 1.0, 1.0)
+        k["elastica_finish"](t, self.sx, self.sy, r, r1, self.u, self.v, self.q, self.px, self.py, self.gx, self.gy,
+                             self.pn, self.nx, self.ny, self.mx, self.my, self.l1, self.l2x, self.l2y, self.l3,
+                             self.l4, self.l5x, self.l5y)
         return self.u
 
 
@@ -678,9 +693,11 @@ def elastica_segment(
     if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 1:
         raise ValueError(f"patience must be an integer >= 1, got {patience!r}.")
     alm = _ElasticaALM(c, g, alpha, beta, eps, sigma, rho, u0)
+    weights = _gaussian_weights(sigma)
+    work = [np.empty_like(c) for _ in range(4)]
 
     def energy(u: np.ndarray) -> float:
-        return float(np.sum(c * u)) + _elastica(u, alpha, beta, eps, g, sigma)
+        return float(alm.kernels["linear_elastica_energy"](u, c, alm.g, weights, alpha, beta, eps, *work))
 
     return _proximal_descent(
         energy, alm.sweep, alm.resync, u0, tau, int(patience), max_iter, tol, progress, "Elastica-ALM"
