@@ -251,7 +251,8 @@ def kernels() -> dict[str, Callable]:
             reg += row_r
         return linear + reg
 
-    _KERNELS.update(linear_elastica_energy=linear_elastica_energy, tv_rhs=tv_rhs, tv_update=tv_update, linear_tv_energy=linear_tv_energy, proposal=proposal,
-                    relative_change=relative_change, elastica_rhs=elastica_rhs, elastica_pq=elastica_pq,
-                    elastica_n_rhs=elastica_n_rhs, elastica_finish=elastica_finish)
+    _KERNELS.update(linear_elastica_energy=linear_elastica_energy, tv_rhs=tv_rhs, tv_update=tv_update,
+                    linear_tv_energy=linear_tv_energy, proposal=proposal, relative_change=relative_change,
+                    elastica_rhs=elastica_rhs, elastica_pq=elastica_pq, elastica_n_rhs=elastica_n_rhs,
+                    elastica_finish=elastica_finish)
     return _KERNELS

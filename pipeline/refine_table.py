@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLES = ("lits", "spect", "brats", "lung")
 TARGETS = {"lits": "lesion class", "spect": "bone", "brats": "complete tumour",
            "lung": "left lung, one clicked slice per case"}
+VALIDATION = {"lung": "clicked slices of the validation cases"}
 VARIANTS = {
     "noq": (["--quality_weight", "0"], "no quality output (λ = 0)"),
     "q": ([], "quality output (λ from refine.json)"),
@@ -100,8 +101,9 @@ def format_table(bundle: str, summaries: Mapping[str, Mapping[str, Any]], second
             f"{_fmt(d[2], sd[2])} | {_fmt(d[k], sd[k])} (k={k}) | {_fmt(s['test_dice_valk_early_stop'])} "
             f"(k≤{k_es}, steps {min(es_steps)}–{max(es_steps)}) | {_fmt(d[best])} (k={best}) | "
             f"{seconds.get(name, float('nan')):.0f} |")
+    validation = VALIDATION.get(bundle, "validation cases")
     lines += ["", f"Test Dice, mean ± population std over {n_test} held-out test cases (volume Dice of the "
-                  f"{TARGETS.get(bundle, bundle)}); k chosen on {n_val} validation cases among "
+                  f"{TARGETS.get(bundle, bundle)}); k chosen on {n_val} {validation} among "
                   f"0..{first['max_iterations']}.", "",
               "| variant | r, cases, base masks (n) | r, cases, all k | r, slices, base masks (n) | "
               "r, slices, synthesised masks (n) | mean abs. error, cases, base masks |",

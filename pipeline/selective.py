@@ -287,7 +287,7 @@ def refine_entries(samples: Sequence[Mapping[str, Any]], guidance: str) -> list[
 
 
 class SliceStackInferer:
-    """Apply a 2D network slice by slice to ``(B, C, H, W, D)`` inputs (each slice padded like :class:`PaddedInferer`)."""
+    """Apply a 2D network slice by slice to ``(B, C, H, W, D)`` inputs, padding each as :class:`PaddedInferer` does."""
 
     def __init__(self, divisible: int = 16) -> None:
         self.padded = PaddedInferer(divisible)
@@ -611,7 +611,8 @@ def dip_segment(sample: Mapping[str, Any], epochs: Sequence[int] | int = 300, la
     fitting, geodesic = batch["fitting"].to(device), batch["geodesic"].to(device)
     index = torch.zeros(1, dtype=torch.long, device=device)
     pads = _pad_amounts(sample["intensity"].shape[-2:], batch["input"].shape[-2:])
-    crop = (slice(pads[2], pads[2] + sample["intensity"].shape[-2]), slice(pads[0], pads[0] + sample["intensity"].shape[-1]))
+    h, w = sample["intensity"].shape[-2:]
+    crop = (slice(pads[2], pads[2] + h), slice(pads[0], pads[0] + w))
     masks: dict[int, np.ndarray] = {}
     net.train()
     for epoch in range(1, counts[-1] + 1):

@@ -416,8 +416,8 @@ def test_lung_slices_become_one_slice_cases(lung_dir: Path) -> None:
     assert torch.equal(entries[0]["image"][1, ..., 0], second[0]["geodesic"][0])
     with pytest.raises(ValueError, match="no axial slice has a target region of 100000"):
         slicer.volume_slices(datalist[:1], min_area=100000)
-    out = SliceStackInferer(16)(torch.stack([e["image"] for e in entries[:2]], 0)[..., 0][..., None].repeat(1, 1, 1, 1, 3),
-                                _GeodesicNet())
+    volume = torch.stack([e["image"] for e in entries[:2]], 0).repeat(1, 1, 1, 1, 3)  # (2, 2, 48, 48, 3)
+    out = SliceStackInferer(16)(volume, _GeodesicNet())
     assert out.shape == (2, 1, 48, 48, 3)
 
 
