@@ -679,6 +679,8 @@ class RefinementWorkflow:
         val_es = np.array([[r["dice"][stop_step(r["quality"], k, self.early_stop_delta)] for k in range(kmax + 1)]
                            for r in val_rows])
         k_val, k_es = choose_k(val_dice.mean(0)), choose_k(val_es.mean(0))
+        # the early stop is recommended for inference only where it does at least as well on validation
+        early_stop_helps = bool(val_es.mean(0)[k_es] >= val_dice.mean(0)[k_val])
         test_dice = np.array([r["dice"] for r in test_rows])
         es_steps = [stop_step(r["quality"], k_es, self.early_stop_delta) for r in test_rows]
         es_dice = np.array([r["dice"][s] for r, s in zip(test_rows, es_steps)])
@@ -687,6 +689,7 @@ class RefinementWorkflow:
         slice_d = np.concatenate([r["slice_dice"][r["slice_nonempty"]] for r in test_rows])
         summary = {
             "variant": self.variant, "max_iterations": kmax, "k_val": k_val, "k_val_early_stop": k_es,
+            "early_stop_recommended": early_stop_helps,
             "val_dice_per_k": val_dice.mean(0).tolist(), "val_dice_early_stop_per_k": val_es.mean(0).tolist(),
             "test_dice_per_k": test_dice.mean(0).tolist(), "test_dice_std_per_k": test_dice.std(0).tolist(),
             "test_dice_0x": float(test_dice[:, 0].mean()), "test_dice_1x": float(test_dice[:, 1].mean()),
@@ -771,6 +774,7 @@ class RefinementWorkflow:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             torch.save({"model": network.state_dict(), "k": summary["k_val"],
                         "k_early_stop": summary["k_val_early_stop"],
+                        "early_stop": summary["early_stop_recommended"],
                         "early_stop_delta": self.early_stop_delta, "num_slices": self.num_slices,
                         "variant": self.variant}, self.ckpt_dir / "model.pt")
             paths = self.write_outputs(val_rows, test_rows, summary)
@@ -806,9 +810,13 @@ def _progress(iterable: Any, desc: str, enabled: bool, leave: bool = True) -> An
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_refinement(network: torch.nn.Module, ckpt_path: str | Path, iterations: int | None, early_stop: bool,
-                    device: str | torch.device = "cpu") -> int:
-    """Load a refinement checkpoint into ``network``; return ``iterations``, or the ``k`` chosen on validation.
+def load_refinement(network: torch.nn.Module, ckpt_path: str | Path, iterations: int | None,
+                    early_stop: bool | None, device: str | torch.device = "cpu") -> tuple[int, bool]:
+    """Load a refinement checkpoint into ``network``; return ``(k, early_stop)``.
+
+    ``early_stop`` None takes the checkpoint's recommendation (``"early_stop"``: True where the early stop did at
+    least as well as the fixed ``k`` on the validation cases; True for checkpoints without it); ``iterations`` None
+    takes the ``k`` chosen on validation for that mode (``"k_early_stop"`` or ``"k"``).
 
     Raises:
         FileNotFoundError: the checkpoint is missing (names the command that trains it).
@@ -821,13 +829,18 @@ def load_refinement(network: torch.nn.Module, ckpt_path: str | Path, iterations:
         raise FileNotFoundError(f"refinement checkpoint {ckpt_path} not found: train it with the bundle's "
                                 "refine config (or python -m pipeline.refine_table <bundle>)")
     load_weights(network, ckpt_path, device)
-    if iterations is not None:
-        return int(iterations)
+    if iterations is not None and early_stop is not None:
+        return int(iterations), bool(early_stop)
     state = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
+    state = state if isinstance(state, Mapping) else {}
+    if early_stop is None:
+        early_stop = bool(state.get("early_stop", True))
+    if iterations is not None:
+        return int(iterations), early_stop
     key = "k_early_stop" if early_stop else "k"
-    if not isinstance(state, Mapping) or key not in state:
+    if key not in state:
         raise RuntimeError(f"refinement checkpoint {ckpt_path} holds no chosen k ({key}); pass iterations explicitly")
-    return int(state[key])
+    return int(state[key]), early_stop
 
 
 class RefinePredictor:
@@ -844,7 +857,8 @@ class RefinePredictor:
         ckpt_path: the refinement checkpoint (``model.pt`` written by :class:`RefinementWorkflow`).
         num_slices: adjacent slices per image channel.
         iterations: refinement steps; None takes the ``k`` chosen on validation stored in the checkpoint.
-        early_stop: stop early when the predicted quality stops rising.
+        early_stop: stop early when the predicted quality stops rising; None follows the checkpoint's
+            recommendation (the early stop only where it did at least as well on the validation cases).
         min_delta: smallest quality rise that counts.
         batch_size: slices per forward pass.
         divisor: pad slices to a multiple of this.
@@ -852,21 +866,23 @@ class RefinePredictor:
     """
 
     def __init__(self, base: Any, network: torch.nn.Module, ckpt_path: str | Path, num_slices: int,
-                 iterations: int | None = None, early_stop: bool = True, min_delta: float = 0.0,
+                 iterations: int | None = None, early_stop: bool | None = None, min_delta: float = 0.0,
                  batch_size: int = 32, divisor: int = 8, device: str | torch.device = "cpu") -> None:
         self.base, self.network, self.ckpt_path = base, network, Path(ckpt_path)
-        self.num_slices, self.iterations, self.early_stop = int(num_slices), iterations, bool(early_stop)
+        self.num_slices, self.iterations = int(num_slices), iterations
+        self.early_stop = None if early_stop is None else bool(early_stop)
         self.min_delta, self.batch_size, self.divisor = float(min_delta), int(batch_size), int(divisor)
         self.device = torch.device(device)
 
     def load(self) -> None:
         """Load the base checkpoint and the refinement checkpoint (and its ``k`` when ``iterations`` is None)."""
         self.base.load()
-        self.iterations = load_refinement(self.network, self.ckpt_path, self.iterations, self.early_stop, self.device)
+        self.iterations, self.early_stop = load_refinement(self.network, self.ckpt_path, self.iterations,
+                                                           self.early_stop, self.device)
 
     def __call__(self, volume: Any, entry: Mapping[str, Any] | None = None) -> tuple[np.ndarray, float]:
         """``(mask in the volume's own voxel order, predicted quality)``."""
-        if self.iterations is None:
+        if self.iterations is None or self.early_stop is None:
             self.load()
         base = self.base
         volumes = list(volume) if isinstance(volume, (list, tuple)) else [volume]
@@ -899,7 +915,8 @@ class SelectiveRefinePredictor:
         network: the :class:`networks.QualityUNet` (2 input channels: ``f`` and the guidance map).
         ckpt_path: the refinement checkpoint.
         iterations: refinement steps; None takes the ``k`` chosen on validation stored in the checkpoint.
-        early_stop: stop early when the predicted quality stops rising.
+        early_stop: stop early when the predicted quality stops rising; None follows the checkpoint's
+            recommendation (the early stop only where it did at least as well on the validation cases).
         min_delta: smallest quality rise that counts.
         divisor: pad slices to a multiple of this.
         device: where the network runs.
@@ -908,17 +925,18 @@ class SelectiveRefinePredictor:
     needs_markers = True
 
     def __init__(self, base: Any, network: torch.nn.Module, ckpt_path: str | Path, iterations: int | None = None,
-                 early_stop: bool = True, min_delta: float = 0.0, divisor: int = 8,
+                 early_stop: bool | None = None, min_delta: float = 0.0, divisor: int = 8,
                  device: str | torch.device = "cpu") -> None:
         self.base, self.network, self.ckpt_path = base, network, Path(ckpt_path)
-        self.iterations, self.early_stop, self.min_delta = iterations, bool(early_stop), float(min_delta)
+        self.iterations, self.early_stop, self.min_delta = iterations, early_stop, float(min_delta)
         self.divisor, self.device = int(divisor), torch.device(device)
         self._loaded = False
 
     def load(self) -> None:
         """Load the VM-Net and the refinement checkpoint (and its ``k`` when ``iterations`` is None)."""
         self.base.load()
-        self.iterations = load_refinement(self.network, self.ckpt_path, self.iterations, self.early_stop, self.device)
+        self.iterations, self.early_stop = load_refinement(self.network, self.ckpt_path, self.iterations,
+                                                           self.early_stop, self.device)
         self.network.eval()
         self._loaded = True
 

@@ -282,6 +282,9 @@ def test_workflow_end_to_end(tmp_path: Path, self_training: str) -> None:
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["variant"] == "q"
     state = torch.load(tmp_path / "ckpt" / "model.pt", weights_only=True)
     assert state["k"] == summary["k_val"] and "model" in state
+    es = summary["val_dice_early_stop_per_k"][summary["k_val_early_stop"]]
+    fixed = summary["val_dice_per_k"][summary["k_val"]]
+    assert state["early_stop"] == summary["early_stop_recommended"] == (es >= fixed)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -318,6 +321,27 @@ def test_refine_predictor_fills_the_batch_quality_column(tmp_path: Path) -> None
     run_batch(index_inputs(str(tmp_path / "scan.nii.gz")), lambda v, e: (v.array > 0.5).astype(np.uint8),
               tmp_path / "plain", "mask", progress=False)
     assert next(csv.DictReader((tmp_path / "plain" / "cases.csv").open()))["quality"] == ""
+
+
+@pytest.mark.parametrize("stored, asked, expected", [(True, None, (4, True)), (False, None, (2, False)),
+                                                     (None, None, (4, True)), (False, True, (4, True)),
+                                                     (True, False, (2, False))])
+def test_refine_predictor_follows_the_validation_choice_of_early_stop(tmp_path: Path, stored, asked, expected) -> None:
+    """None follows the checkpoint's recommendation (True for checkpoints without one); True/False override it."""
+    from pipeline.predictors import SlicePredictor
+    from pipeline.refine import load_refinement
+
+    net = QualityUNet(spatial_dims=2, in_channels=1, features=2, levels=3)
+    state = {"model": net.state_dict(), "k": 2, "k_early_stop": 4}
+    if stored is not None:
+        state["early_stop"] = stored
+    torch.save(state, tmp_path / "refine.pt")
+    assert load_refinement(net, tmp_path / "refine.pt", None, asked) == expected
+    assert load_refinement(net, tmp_path / "refine.pt", 3, asked) == (3, expected[1])
+    base = SlicePredictor(_BaseNet(), None, lambda x, s: x, lambda out: out[0] > 0, num_slices=1, divisible=1)
+    predictor = RefinePredictor(base, net, tmp_path / "refine.pt", num_slices=1, early_stop=asked)
+    predictor.load()
+    assert (predictor.iterations, predictor.early_stop) == expected
 
 
 def test_refine_predictor_missing_checkpoint(tmp_path: Path) -> None:
@@ -463,7 +487,9 @@ def test_lung_workflow_and_predictor_quality(lung_dir: Path, tmp_path: Path) -> 
     base = SelectivePredictor(_GeodesicNet(), tmp_path / "vm.pt", "geodesic", slicer)
     predictor = SelectiveRefinePredictor(base, net(), tmp_path / "ckpt" / "model.pt", divisor=4)
     predictor.load()
-    assert predictor.iterations == torch.load(tmp_path / "ckpt" / "model.pt", weights_only=True)["k_early_stop"]
+    state = torch.load(tmp_path / "ckpt" / "model.pt", weights_only=True)
+    assert predictor.early_stop == state["early_stop"] == summary["early_stop_recommended"]
+    assert predictor.iterations == state["k_early_stop" if state["early_stop"] else "k"]
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / image.name).write_bytes(image.read_bytes())
