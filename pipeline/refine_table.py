@@ -104,7 +104,13 @@ def format_table(bundle: str, summaries: Mapping[str, Mapping[str, Any]], second
     validation = VALIDATION.get(bundle, "validation cases")
     lines += ["", f"Test Dice, mean ± population std over {n_test} held-out test cases (volume Dice of the "
                   f"{TARGETS.get(bundle, bundle)}); k chosen on {n_val} {validation} among "
-                  f"0..{first['max_iterations']}.", "",
+                  f"0..{first['max_iterations']}."]
+    for name, s in summaries.items():
+        if "early_stop_recommended" in s:
+            choice = (f"k ≤ {s['k_val_early_stop']} with the early stop" if s["early_stop_recommended"] else
+                      f"k = {s['k_val']} without the early stop (it did worse on validation)")
+            lines.append(f"Batch inference with this {name} model (`varseg infer {bundle} --refine`) uses {choice}.")
+    lines += ["",
               "| variant | r, cases, base masks (n) | r, cases, all k | r, slices, base masks (n) | "
               "r, slices, synthesised masks (n) | mean abs. error, cases, base masks |",
               "|---|---|---|---|---|---|"]

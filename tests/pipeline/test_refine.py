@@ -500,3 +500,29 @@ def test_lung_workflow_and_predictor_quality(lung_dir: Path, tmp_path: Path) -> 
     assert 0.0 <= float(row["quality"]) <= 1.0
     mask = np.asarray(nib.load(str(next((tmp_path / "out").glob("*left_lung.nii.gz")))).dataobj)
     assert mask.shape == label.shape and mask.sum() == mask[:, :, z].sum()  # only the clicked slice
+
+
+def test_refine_table_format_and_csv(tmp_path: Path) -> None:
+    """One row per variant with the chosen k, '–' for an undefined r, and the inference choice spelled out."""
+    from pipeline.refine_table import format_table, write_csv
+
+    def summary(rec: bool, r: float) -> dict:
+        return {"num_test_cases": 3, "num_val_cases": 2, "max_iterations": 2, "test_dice_per_k": [0.5, 0.7, 0.6],
+                "test_dice_std_per_k": [0.1, 0.05, 0.02], "k_val": 1, "k_val_early_stop": 2, "best_k": 1,
+                "test_early_stop_steps": [0, 1, 2], "test_dice_valk": 0.7, "test_dice_valk_early_stop": 0.65,
+                "test_dice_bestk": 0.7, "early_stop_recommended": rec, "pearson_r_cases_0x": r,
+                "pearson_r_cases_all_k": 0.5, "pearson_r_slices_0x": r, "num_slices_0x": 10,
+                "pearson_r_slices_synthetic": 0.8, "num_slices_synthetic": 12, "quality_mae_cases_0x": 0.2}
+
+    summaries = {"noq": summary(False, float("nan")), "q": summary(True, 0.9)}
+    text = format_table("lung", summaries, {"noq": 61.0, "q": 75.0})
+    assert "| noq: no quality output (λ = 0) | 0.500 ± 0.100 | 0.700 ± 0.050 | 0.600 ± 0.020 | 0.700 ± 0.050 (k=1) | " \
+           "0.650 (k≤2, steps 0–2) | 0.700 (k=1) | 61 |" in text
+    assert "| noq | – (3) | 0.50 | – (10) | 0.80 (12) | 0.200 |" in text and "| q | 0.90 (3) |" in text
+    assert "k chosen on 2 clicked slices of the validation cases among 0..2" in text
+    assert "`varseg infer lung --refine`) uses k = 1 without the early stop" in text
+    assert "this q model (`varseg infer lung --refine`) uses k ≤ 2 with the early stop" in text
+    write_csv(tmp_path / "t.csv", summaries, {"noq": 61.0})
+    rows = list(csv.DictReader((tmp_path / "t.csv").open()))
+    assert [r["variant"] for r in rows] == ["noq", "q"] and rows[0]["dice_1x"] == "0.7000"
+    assert rows[0]["pearson_r_cases_0x"] == "nan" and rows[1]["wall_seconds"] == "nan"
