@@ -516,8 +516,8 @@ def test_refine_table_format_and_csv(tmp_path: Path) -> None:
 
     summaries = {"noq": summary(False, float("nan")), "q": summary(True, 0.9)}
     text = format_table("lung", summaries, {"noq": 61.0, "q": 75.0})
-    row = ("| noq: no quality output (λ = 0) | 0.500 ± 0.100 | 0.700 ± 0.050 | 0.600 ± 0.020 | 0.700 ± 0.050 (k=1) | "
-           "0.650 (k≤2, steps 0–2) | 0.700 (k=1) | 61 |")
+    row = ("| noq: no quality output (λ = 0) | 0.500 ± 0.100 | 0.700 ± 0.050 | 0.600 ± 0.020 | "
+           "0.700 ± 0.050 (k=1) | 0.650 (k≤2, steps 0–2) | 0.700 (k=1) | 61 |")
     assert row in text
     assert "| noq | – (3) | 0.50 | – (10) | 0.80 (12) | 0.200 |" in text and "| q | 0.90 (3) |" in text
     assert "k chosen on 2 clicked slices of the validation cases among 0..2" in text
