@@ -332,3 +332,35 @@ def test_inferer_with_network_args() -> None:
     out = AdjacentSliceInferer(num_slices=3, divisible=1)(vol, lambda x, scale, shift=0.0: x[:, 1:2] * scale + shift,
                                                           2.0, shift=1.0)
     torch.testing.assert_close(out, vol * 2 + 1)
+
+
+def test_inferer_compile_matches_eager_with_a_padded_last_batch() -> None:
+    """compile=True: same output as eager (5 slices, batch 2: the last batch is padded to one compiled shape)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.PReLU(),
+                              torch.nn.Conv2d(4, 2, 1)).eval()
+    vol = torch.rand(1, 1, 12, 10, 5)
+    eager = AdjacentSliceInferer(num_slices=3, batch_size=2, divisible=4)(vol, net)
+    inferer = AdjacentSliceInferer(num_slices=3, batch_size=2, divisible=4, compile=True)
+    with torch.no_grad():
+        compiled = inferer(vol, net)
+    assert compiled.shape == eager.shape == (1, 2, 12, 10, 5)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    assert list(inferer._compiled) == [id(net)] and inferer._compiled[id(net)] is not net
+
+
+def test_inferer_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    def broken(module):
+        def call(*args, **kwargs):
+            raise RuntimeError("no C++ compiler found")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    net = torch.nn.Conv2d(3, 1, 3, padding=1)
+    vol = torch.rand(1, 1, 8, 8, 3)
+    with torch.no_grad():
+        out = AdjacentSliceInferer(num_slices=3, batch_size=2, divisible=1, compile=True)(vol, net)
+        ref = AdjacentSliceInferer(num_slices=3, batch_size=2, divisible=1)(vol, net)
+    torch.testing.assert_close(out, ref)
+    assert "torch.compile of Conv2d failed (RuntimeError: no C++ compiler found); running eagerly" in caplog.text
