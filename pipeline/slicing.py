@@ -158,10 +158,12 @@ class AdjacentSliceInferer(Inferer):
             that dtype and returns float32 outputs (about 2× faster on CPUs with AVX512-BF16 or AMX; argmax masks
             change on a few boundary voxels, see ``bench/inference.py``); None keeps float32. Defaults to None.
         compile: run a module network through ``torch.compile`` (Inductor; fuses the element-wise layers around the
-            convolutions: about 2× on the SPECT RCNN on a CPU, see ``bench/inference.py``). The first batch pays a
-            one-off compilation (10-20 s on a CPU, cached on disk by PyTorch); every batch is padded to
-            ``batch_size`` slices so that one compiled shape serves the whole volume. Needs a C++ compiler on a CPU;
-            on any compilation error it logs a warning and runs eagerly. Defaults to False.
+            convolutions, and with Inductor's ``freezing`` folds batch norms into the weights: about 2× on the SPECT
+            RCNN on a CPU, see ``bench/inference.py``). Inference only: the weights are frozen into the compiled
+            graph when it is built, so load the checkpoint before the first call (a new network object is compiled
+            afresh). The first batch pays a one-off compilation (10-20 s on a CPU, cached on disk by PyTorch); every
+            batch is padded to ``batch_size`` slices so that one compiled shape serves the whole volume. Needs a C++
+            compiler on a CPU; on any compilation error it logs a warning and runs eagerly. Defaults to False.
     """
 
     def __init__(
@@ -207,7 +209,7 @@ class AdjacentSliceInferer(Inferer):
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="slices", unit="batch", leave=False)
-        chunks = []
+        out: torch.Tensor | None = None  # (N, H, W, D), filled batch by batch: no list of chunks, no final copy
         for s in starts:
             zs = idx[s : s + self.batch_size]  # (b, k)
             x = vol[..., zs.reshape(-1)].reshape(c, h, w, zs.shape[0], self.num_slices)
@@ -220,9 +222,11 @@ class AdjacentSliceInferer(Inferer):
             y = self._forward(network, x, *args, **kwargs)[:b]
             if self.activation is not None:
                 y = self.activation(y)
-            chunks.append(y[..., :h, :w])
-        out = torch.cat(chunks, dim=0)  # (D, N, H, W)
-        return out.permute(1, 2, 3, 0).contiguous()
+            if out is None:
+                out = torch.empty((y.shape[1], h, w, d), dtype=y.dtype, device=y.device)
+            out[..., s : s + b] = y[..., :h, :w].permute(1, 2, 3, 0)
+        assert out is not None  # d >= 1
+        return out
 
     def _compiled_network(self, network: Callable) -> Callable:
         """``torch.compile(network)``, built once per network (the network itself when compilation is off)."""
@@ -231,7 +235,7 @@ class AdjacentSliceInferer(Inferer):
         key = id(network)
         if key not in self._compiled:
             self._compiled.clear()  # one network at a time: do not keep compiled copies of old ones alive
-            self._compiled[key] = torch.compile(network)
+            self._compiled[key] = torch.compile(network, options={"freezing": True})
         return self._compiled[key]
 
     def _call(self, network: Callable, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -351,7 +351,7 @@ def test_inferer_compile_matches_eager_with_a_padded_last_batch() -> None:
 
 def test_inferer_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch,
                                                      caplog: pytest.LogCaptureFixture) -> None:
-    def broken(module):
+    def broken(module, **kwargs):
         def call(*args, **kwargs):
             raise RuntimeError("no C++ compiler found")
         return call
