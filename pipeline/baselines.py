@@ -75,7 +75,6 @@ __all__ = [
 ]
 
 _TAU_HALVINGS = 10  # give up once failed proposals have driven tau down to 2**-10 of its initial value
-_TINY = 1e-12
 
 
 @dataclass
@@ -210,13 +209,11 @@ def _laplacian_eigenvalues(shape: tuple[int, ...]) -> np.ndarray:
     return ex[:, None] + ey[None, :]
 
 
-def _solve_shifted(rhs: np.ndarray, a: float, b: float, eigenvalues: np.ndarray) -> np.ndarray:
-    """Exact solution of ``(a I + b grad^T grad) x = rhs`` (``a > 0``) by one DCT-II and its inverse."""
-    return idctn(dctn(rhs, type=2, norm="ortho") / (a + b * eigenvalues), type=2, norm="ortho")
-
-
 class _ShiftedSolver:
-    """:func:`_solve_shifted` with the denominator ``a + b * eigenvalues`` kept for the last ``(a, b)``."""
+    """Exact solution of ``(a I + b grad^T grad) x = rhs`` (``a > 0``) by one DCT-II and its inverse.
+
+    The denominator ``a + b * eigenvalues`` is kept for the last ``(a, b)``.
+    """
 
     def __init__(self, shape: tuple[int, ...]) -> None:
         self.eigenvalues = _laplacian_eigenvalues(shape)
@@ -230,18 +227,6 @@ class _ShiftedSolver:
         spectrum = dctn(rhs, type=2, norm="ortho")
         spectrum *= self.inverse
         return idctn(spectrum, type=2, norm="ortho", overwrite_x=True)
-
-
-def _norm(x: np.ndarray) -> float:
-    """Euclidean norm by a plain reduction (``np.linalg.norm`` goes through BLAS, slow when threads are scarce)."""
-    return math.sqrt(float(np.sum(x * x)))
-
-
-def _shrink(vx: np.ndarray, vy: np.ndarray, threshold: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
-    """Isotropic soft thresholding ``max(|v| - t, 0) v / |v|`` of a vector field, pixel-wise ``t``."""
-    norm = np.sqrt(vx * vx + vy * vy)
-    scale = np.maximum(1.0 - threshold / np.maximum(norm, _TINY), 0.0)
-    return scale * vx, scale * vy
 
 
 def _normal(u: np.ndarray, eps: float, sigma: float) -> tuple[np.ndarray, np.ndarray]:
