@@ -34,6 +34,13 @@ def kernels() -> dict[str, Callable]:
             d -= py[i, j - 1]
         return d
 
+    @numba.njit(inline="always", cache=True, fastmath=True)
+    def grad_at(u, i, j, h, w):
+        """Forward differences of ``u`` at ``(i, j)``, zero in the last row / column (``baselines._grad``)."""
+        gx = u[i + 1, j] - u[i, j] if i < h - 1 else 0.0
+        gy = u[i, j + 1] - u[i, j] if j < w - 1 else 0.0
+        return gx, gy
+
     @numba.njit(cache=True, fastmath=True)
     def tv_rhs(centre, inv_step, rho, wx, wy, bx, by, z, d, out):
         """``out = centre/step - rho div(w - b) + rho (z - d)``."""
@@ -58,8 +65,7 @@ def kernels() -> dict[str, Callable]:
         for i in range(h):
             for j in range(w):
                 uij = u[i, j]
-                gx = u[i + 1, j] - uij if i < h - 1 else 0.0
-                gy = u[i, j + 1] - uij if j < w - 1 else 0.0
+                gx, gy = grad_at(u, i, j, h, w)
                 vx = gx + bx[i, j]
                 vy = gy + by[i, j]
                 norm = np.sqrt(vx * vx + vy * vy)
@@ -85,8 +91,7 @@ def kernels() -> dict[str, Callable]:
             row_t = 0.0
             for j in range(w):
                 uij = u[i, j]
-                gx = u[i + 1, j] - uij if i < h - 1 else 0.0
-                gy = u[i, j + 1] - uij if j < w - 1 else 0.0
+                gx, gy = grad_at(u, i, j, h, w)
                 row_l += c[i, j] * uij
                 row_t += g[i, j] * np.sqrt(gx * gx + gy * gy)
             linear += row_l
@@ -145,8 +150,7 @@ def kernels() -> dict[str, Callable]:
             for j in range(w):
                 uij = u[i, j]
                 v[i, j] = min(max(uij - (l3[i, j] + c[i, j]) / r, 0.0), 1.0)
-                ax = u[i + 1, j] - uij if i < h - 1 else 0.0
-                ay = u[i, j + 1] - uij if j < w - 1 else 0.0
+                ax, ay = grad_at(u, i, j, h, w)
                 gx[i, j] = ax
                 gy[i, j] = ay
                 lagged = r1 + l1[i, j]
@@ -185,9 +189,9 @@ def kernels() -> dict[str, Callable]:
         h, w = t.shape
         for i in range(h):
             for j in range(w):
-                tij = t[i, j]
-                nx[i, j] = sx[i, j] - (t[i + 1, j] - tij if i < h - 1 else 0.0)
-                ny[i, j] = sy[i, j] - (t[i, j + 1] - tij if j < w - 1 else 0.0)
+                tx, ty = grad_at(t, i, j, h, w)
+                nx[i, j] = sx[i, j] - tx
+                ny[i, j] = sy[i, j] - ty
         for i in range(h):
             for j in range(w):
                 lagged = r1 + l1[i, j]
@@ -230,8 +234,7 @@ def kernels() -> dict[str, Callable]:
         eps2 = eps * eps
         for i in range(h):
             for j in range(w):
-                sx = us[i + 1, j] - us[i, j] if i < h - 1 else 0.0
-                sy = us[i, j + 1] - us[i, j] if j < w - 1 else 0.0
+                sx, sy = grad_at(us, i, j, h, w)
                 norm = np.sqrt(sx * sx + sy * sy + eps2)
                 nx[i, j] = sx / norm
                 ny[i, j] = sy / norm
@@ -242,8 +245,7 @@ def kernels() -> dict[str, Callable]:
             row_r = 0.0
             for j in range(w):
                 uij = u[i, j]
-                gx = u[i + 1, j] - uij if i < h - 1 else 0.0
-                gy = u[i, j + 1] - uij if j < w - 1 else 0.0
+                gx, gy = grad_at(u, i, j, h, w)
                 kappa = div_at(nx, ny, i, j, h, w)
                 row_l += c[i, j] * uij
                 row_r += g[i, j] * np.sqrt(gx * gx + gy * gy) * (alpha + beta * kappa * kappa)

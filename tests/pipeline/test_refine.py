@@ -388,8 +388,9 @@ def test_refine_configs_parse_brats_and_lung() -> None:
     assert ckpt.endswith("bundles/brats/models/model.pt") and net().in_channels == 12
     ckpt, net, inferer = resolve("lung", [], "base_ckpt", "refine_network_def", "refiner#base_inferer")
     assert ckpt.endswith("bundles/lung/models/m4/model.pt") and net().in_channels == 2
-    out = inferer(torch.rand(1, 2, 20, 24, 3), lambda x: x[:, :1] * 2)
-    assert out.shape == (1, 1, 20, 24, 3)
+    x = torch.rand(1, 2, 20, 24, 3)
+    out = inferer(x, lambda t: t[:, :1] * 2)  # slice by slice, padded for the network and cropped back
+    assert out.shape == (1, 1, 20, 24, 3) and torch.allclose(out, x[:, :1] * 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -440,9 +441,14 @@ def test_lung_slices_become_one_slice_cases(lung_dir: Path) -> None:
     assert torch.equal(entries[0]["image"][1, ..., 0], second[0]["geodesic"][0])
     with pytest.raises(ValueError, match="no axial slice has a target region of 100000"):
         slicer.volume_slices(datalist[:1], min_area=100000)
-    volume = torch.stack([e["image"] for e in entries[:2]], 0).repeat(1, 1, 1, 1, 3)  # (2, 2, 48, 48, 3)
-    out = SliceStackInferer(16)(volume, _GeodesicNet())
-    assert out.shape == (2, 1, 48, 48, 3)
+    volume = torch.cat([torch.stack([e["image"] for e in entries[:2]], 0)] * 3, dim=-1)  # (2, 2, 48, 48, 3)
+    volume[..., 1] = volume[..., 1].flip(-1)  # a different middle slice
+    net = _GeodesicNet()
+    with torch.no_grad():
+        out = SliceStackInferer(16)(volume, net)
+        assert out.shape == (2, 1, 48, 48, 3)
+        for z in range(3):
+            torch.testing.assert_close(out[..., z], net(volume[..., z]))
 
 
 def test_lung_workflow_and_predictor_quality(lung_dir: Path, tmp_path: Path) -> None:
