@@ -907,8 +907,8 @@ class SelectiveRefinePredictor:
 
     ``predictor(volume, entry) -> (mask, quality)``: :class:`pipeline.predictors.SelectivePredictor` segments every
     axial slice holding clicks; each slice's mask is refined from the slice's network input ``(f, G)`` and the
-    returned quality is the mean predicted quality of the refined slices (area-weighted, as
-    :func:`volume_quality`).
+    returned quality is the mean of the refined slices' predicted qualities, weighted by each refined mask's area
+    (most volumes have clicks on one slice only, where it is that slice's quality).
 
     Args:
         base: the bundle's :class:`pipeline.predictors.SelectivePredictor`.
