@@ -170,21 +170,12 @@ class SelectiveSlices:
         Raises:
             ValueError: ``stride`` or ``min_area`` below 1, or a case without any slice large enough (names it).
         """
-        from monai.transforms import LoadImage, Orientation
-
         if int(stride) < 1 or int(min_area) < 1:
             raise ValueError(f"stride and min_area must be >= 1, got {stride} and {min_area}")
-        load = LoadImage(image_only=True, ensure_channel_first=True)
-        orient = Orientation(axcodes="RAS")
         samples = []
         for position, entry in enumerate(tqdm(datalist, desc="selective slices", unit="case",
                                               disable=not self.progress)):
-            image = np.asarray(orient(load(entry["image"]))[0])
-            target = np.asarray(orient(load(entry["label"]))[0]) == self.target_label
-            if image.shape != target.shape:
-                raise ValueError(f"{entry['label']}: label shape {target.shape} does not match the image "
-                                 f"{entry['image']} shape {image.shape}")
-            case = str(entry.get("case", Path(str(entry["image"])).name.split(".")[0]))
+            image, target, case = self._read(entry)
             found = 0
             for z in np.flatnonzero(target.any(axis=(0, 1)))[::int(stride)]:
                 obj = _largest_component(target[:, :, z])
@@ -199,6 +190,24 @@ class SelectiveSlices:
 
     def from_volume(self, entry: Mapping[str, Any], position: int = 0) -> dict[str, Any]:
         """One sample from a datalist entry ``{"image", "label"[, "case"]}`` (clicks seeded by ``position``)."""
+        image, target, case = self._read(entry)
+        if not target.any():
+            raise ValueError(f"{entry['label']}: no voxel has the target label {self.target_label}")
+        best, best_area = 0, -1
+        for z in np.flatnonzero(target.any(axis=(0, 1))):
+            area = int(_largest_component(target[:, :, z]).sum())
+            if area > best_area:
+                best, best_area = int(z), area
+        obj = _largest_component(target[:, :, best])
+        rng_seed = int(np.random.default_rng([self.seed, position]).integers(2**31 - 1))
+        return self.from_slice(image[:, :, best], obj, case=case, slice_index=best, seed=rng_seed)
+
+    def _read(self, entry: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
+        """``(image, target mask, case name)`` of a datalist entry, both volumes reoriented to RAS.
+
+        Raises:
+            ValueError: naming the files, when the volumes are not 3D or their shapes differ.
+        """
         from monai.transforms import LoadImage, Orientation
 
         load = LoadImage(image_only=True, ensure_channel_first=True)
@@ -208,18 +217,8 @@ class SelectiveSlices:
         if image.ndim != 4 or tuple(image.shape[1:]) != tuple(label.shape[1:]):
             raise ValueError(f"{entry['label']}: label shape {tuple(label.shape[1:])} does not match the image "
                              f"{entry['image']} shape {tuple(image.shape[1:])} (3D volumes expected)")
-        target = np.asarray(label[0]) == self.target_label
-        if not target.any():
-            raise ValueError(f"{entry['label']}: no voxel has the target label {self.target_label}")
-        best, best_area = 0, -1
-        for z in np.flatnonzero(target.any(axis=(0, 1))):
-            area = int(_largest_component(target[:, :, z]).sum())
-            if area > best_area:
-                best, best_area = int(z), area
-        obj = _largest_component(target[:, :, best])
         case = str(entry.get("case", Path(str(entry["image"])).name.split(".")[0]))
-        rng_seed = int(np.random.default_rng([self.seed, position]).integers(2**31 - 1))
-        return self.from_slice(np.asarray(image[0, :, :, best]), obj, case=case, slice_index=best, seed=rng_seed)
+        return np.asarray(image[0]), np.asarray(label[0]) == self.target_label, case
 
     def from_slice(self, hu: np.ndarray, obj: np.ndarray | None = None, points: np.ndarray | None = None,
                    case: str = "case", slice_index: int = 0, seed: int = 0) -> dict[str, Any]:
