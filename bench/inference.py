@@ -76,7 +76,7 @@ def dice(a, b) -> float:
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
-def child(name: str, mode: str, shape: tuple[int, int, int], slices: int, seed: int) -> dict:
+def child(name: str, mode: str, shape: tuple[int, int, int], slices: int, seed: int, batch: int = 1) -> dict:
     """Run one configuration in this (sub)process and return its figures."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -96,7 +96,6 @@ def child(name: str, mode: str, shape: tuple[int, int, int], slices: int, seed: 
     network.eval()
     k = 3 if name in ("lits", "basicunet") else 1
     x = volume(shape, channels // k, seed)[..., :slices]
-    batch = 4
     fast = mode in ("fast", "fast-eager")
     inferer = AdjacentSliceInferer(num_slices=k, batch_size=batch, divisible=16, channels_last=fast,
                                    autocast_dtype="bfloat16" if fast else None, compile=mode == "fast")
@@ -122,10 +121,11 @@ def child(name: str, mode: str, shape: tuple[int, int, int], slices: int, seed: 
     return result
 
 
-def run_child(name: str, mode: str, shape, slices: int, seed: int, in_process: bool = False) -> dict:
+def run_child(name: str, mode: str, shape, slices: int, seed: int, batch: int, in_process: bool = False) -> dict:
     if in_process:
-        return child(name, mode, shape, slices, seed)
-    cmd = [sys.executable, __file__, "--child", name, mode, "x".join(map(str, shape)), str(slices), str(seed)]
+        return child(name, mode, shape, slices, seed, batch)
+    cmd = [sys.executable, __file__, "--child", name, mode, "x".join(map(str, shape)), str(slices), str(seed),
+           str(batch)]
     done = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", check=False, cwd=str(ROOT))
     if done.returncode != 0:
         raise RuntimeError(f"inference child {name}/{mode} failed:\n{done.stderr[-2000:]}")
@@ -137,25 +137,30 @@ def main() -> None:
     p.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
     p.add_argument("--no-compile", action="store_true",
                    help="fast path without torch.compile (no C++ compiler, or a quicker smoke run)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="slices per network call, the same for every configuration and the baseline (default 1)")
     args = p.parse_args()
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
     shape = (64, 64, 6) if args.quick else (512, 512, 150)  # data: 512x512x200 phantom file, first 150
     baseline_slices = shape[2] if args.quick else 8
     solo = args.quick  # quick: one process (peak RSS is then that of all configurations together)
-    base = run_child("basicunet", "fp32", shape, baseline_slices, args.seed, solo)
+    bs = args.batch_size
+    base = run_child("basicunet", "fp32", shape, baseline_slices, args.seed, bs, solo)
     for name in args.networks:
-        fp32 = run_child(name, "fp32", shape, baseline_slices, args.seed, solo)
-        fast = run_child(name, "fast-eager" if args.no_compile else "fast", shape, shape[2], args.seed, solo)
+        fp32 = run_child(name, "fp32", shape, baseline_slices, args.seed, bs, solo)
+        fast = run_child(name, "fast-eager" if args.no_compile else "fast", shape, shape[2], args.seed, bs, solo)
         emit(f"inference_{name}", fast["gflops"], "GFLOP/s", base["gflops"], s_per_volume=fast["seconds"],
              shape="x".join(map(str, shape)), fp32_gflops=fp32["gflops"], gflop_per_slice=fast["gflop_per_slice"],
              peak_rss_mb=fast["peak_rss_mb"], peak_rss_with_reference_mb=fast.get("peak_rss_with_reference_mb"),
              baseline_peak_rss_mb=base["peak_rss_mb"], dice_fp32_vs_fast=fast["dice"],
              weights=fast["weights"], compiled=not args.no_compile, warmup_s=fast["warmup_s"],
-             baseline_name="BasicUNet 2D eager fp32", baseline_slices=baseline_slices)
+             baseline_name="BasicUNet 2D eager fp32", baseline_slices=baseline_slices, batch_size=bs)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _, _, net, mode, size, n, s = sys.argv
-        print(json.dumps(child(net, mode, tuple(int(v) for v in size.split("x")), int(n), int(s))))
+        _, _, net, mode, size, n, s, b = sys.argv
+        print(json.dumps(child(net, mode, tuple(int(v) for v in size.split("x")), int(n), int(s), int(b))))
     else:
         main()

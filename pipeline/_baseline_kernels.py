@@ -2,8 +2,14 @@
 
 Each kernel does in one pass over the image what the NumPy form of the sweep does with a dozen temporaries: the
 same forward differences (zero in the last row / column), the same divergence (minus their adjoint) and the same
-formulas, in float64. Energies are summed row by row and then over rows, so that their rounding stays close to
-NumPy's pairwise sums. Kernels are compiled on first use and cached on disk by numba.
+formulas, in float64.
+
+Layout of every pass: rows run in parallel (``numba.prange``, numba's threads); within a row the first and last
+pixels are handled apart from the interior, so that the interior loop has no boundary branches and is vectorised.
+The per-pixel formulas live in small inlined functions that take the four boundary flags (a neighbour above, below,
+left, right) as arguments; the interior call passes constants. Energies and other sums are summed row by row into an
+array and then over the rows in order, so they do not depend on the number of threads. Kernels are compiled on first
+use and cached on disk by numba.
 """
 
 from __future__ import annotations
@@ -21,196 +27,305 @@ def kernels() -> dict[str, Callable]:
     import numba
     import numpy as np
 
-    @numba.njit(inline="always", cache=True, fastmath=True)
-    def div_at(px, py, i, j, h, w):
+    inline = numba.njit(inline="always", cache=True, fastmath=True)
+    rows = numba.njit(parallel=True, cache=True, fastmath=True)
+
+    @inline
+    def div_at(px, py, i, j, top, bottom, left, right):
+        """``div(p)`` at ``(i, j)`` (``baselines._div``): backward differences, the last row / column of ``p`` unused."""
         d = 0.0
-        if i < h - 1:
+        if bottom:
             d += px[i, j]
-        if i > 0:
+        if top:
             d -= px[i - 1, j]
-        if j < w - 1:
+        if right:
             d += py[i, j]
-        if j > 0:
+        if left:
             d -= py[i, j - 1]
         return d
 
-    @numba.njit(inline="always", cache=True, fastmath=True)
-    def grad_at(u, i, j, h, w):
+    @inline
+    def grad_at(u, i, j, bottom, right):
         """Forward differences of ``u`` at ``(i, j)``, zero in the last row / column (``baselines._grad``)."""
-        gx = u[i + 1, j] - u[i, j] if i < h - 1 else 0.0
-        gy = u[i, j + 1] - u[i, j] if j < w - 1 else 0.0
+        gx = u[i + 1, j] - u[i, j] if bottom else 0.0
+        gy = u[i, j + 1] - u[i, j] if right else 0.0
         return gx, gy
 
-    @numba.njit(cache=True, fastmath=True)
+    # --- TV-ADMM -------------------------------------------------------------------------------------------------
+
+    @inline
+    def tv_rhs_at(i, j, top, bottom, left, right, centre, inv_step, rho, wx, wy, bx, by, z, d, out):
+        dv = 0.0
+        if bottom:
+            dv += wx[i, j] - bx[i, j]
+        if top:
+            dv -= wx[i - 1, j] - bx[i - 1, j]
+        if right:
+            dv += wy[i, j] - by[i, j]
+        if left:
+            dv -= wy[i, j - 1] - by[i, j - 1]
+        out[i, j] = centre[i, j] * inv_step - rho * dv + rho * (z[i, j] - d[i, j])
+
+    @rows
     def tv_rhs(centre, inv_step, rho, wx, wy, bx, by, z, d, out):
         """``out = centre/step - rho div(w - b) + rho (z - d)``."""
         h, w = centre.shape
-        for i in range(h):
-            for j in range(w):
-                dv = 0.0
-                if i < h - 1:
-                    dv += wx[i, j] - bx[i, j]
-                if i > 0:
-                    dv -= wx[i - 1, j] - bx[i - 1, j]
-                if j < w - 1:
-                    dv += wy[i, j] - by[i, j]
-                if j > 0:
-                    dv -= wy[i, j - 1] - by[i, j - 1]
-                out[i, j] = centre[i, j] * inv_step - rho * dv + rho * (z[i, j] - d[i, j])
+        for i in numba.prange(h):
+            top, bottom = i > 0, i < h - 1
+            tv_rhs_at(i, 0, top, bottom, False, w > 1, centre, inv_step, rho, wx, wy, bx, by, z, d, out)
+            for j in range(1, w - 1):
+                tv_rhs_at(i, j, top, bottom, True, True, centre, inv_step, rho, wx, wy, bx, by, z, d, out)
+            if w > 1:
+                tv_rhs_at(i, w - 1, top, bottom, True, False, centre, inv_step, rho, wx, wy, bx, by, z, d, out)
 
-    @numba.njit(cache=True, fastmath=True)
+    @inline
+    def tv_update_at(i, j, bottom, right, u, c, threshold, rho, wx, wy, bx, by, z, d):
+        uij = u[i, j]
+        gx, gy = grad_at(u, i, j, bottom, right)
+        vx = gx + bx[i, j]
+        vy = gy + by[i, j]
+        norm = np.sqrt(vx * vx + vy * vy)
+        scale = max(1.0 - threshold[i, j] / max(norm, TINY), 0.0)
+        nwx = scale * vx
+        nwy = scale * vy
+        zz = min(max(uij + d[i, j] - c[i, j] / rho, 0.0), 1.0)
+        bx[i, j] = bx[i, j] + gx - nwx
+        by[i, j] = by[i, j] + gy - nwy
+        wx[i, j] = nwx
+        wy[i, j] = nwy
+        d[i, j] = d[i, j] + uij - zz
+        z[i, j] = zz
+
+    @rows
     def tv_update(u, c, threshold, rho, wx, wy, bx, by, z, d):
         """Steps 2-4 of the TV sweep in place: ``w`` shrinkage, ``z`` clipping, ``b`` and ``d`` updates."""
         h, w = u.shape
-        for i in range(h):
-            for j in range(w):
-                uij = u[i, j]
-                gx, gy = grad_at(u, i, j, h, w)
-                vx = gx + bx[i, j]
-                vy = gy + by[i, j]
-                norm = np.sqrt(vx * vx + vy * vy)
-                scale = max(1.0 - threshold[i, j] / max(norm, TINY), 0.0)
-                nwx = scale * vx
-                nwy = scale * vy
-                zz = min(max(uij + d[i, j] - c[i, j] / rho, 0.0), 1.0)
-                bx[i, j] = bx[i, j] + gx - nwx
-                by[i, j] = by[i, j] + gy - nwy
-                wx[i, j] = nwx
-                wy[i, j] = nwy
-                d[i, j] = d[i, j] + uij - zz
-                z[i, j] = zz
+        for i in numba.prange(h):
+            bottom = i < h - 1
+            for j in range(w - 1):
+                tv_update_at(i, j, bottom, True, u, c, threshold, rho, wx, wy, bx, by, z, d)
+            tv_update_at(i, w - 1, bottom, False, u, c, threshold, rho, wx, wy, bx, by, z, d)
 
-    @numba.njit(cache=True, fastmath=True)
+    @rows
     def linear_tv_energy(u, c, g, mu):
         """``sum(c u) + mu sum(g |grad u|)``."""
         h, w = u.shape
-        linear = 0.0
-        tv = 0.0
-        for i in range(h):
+        linear = np.zeros(h)
+        tv = np.zeros(h)
+        for i in numba.prange(h):
+            bottom = i < h - 1
             row_l = 0.0
             row_t = 0.0
-            for j in range(w):
-                uij = u[i, j]
-                gx, gy = grad_at(u, i, j, h, w)
-                row_l += c[i, j] * uij
+            for j in range(w - 1):
+                gx, gy = grad_at(u, i, j, bottom, True)
+                row_l += c[i, j] * u[i, j]
                 row_t += g[i, j] * np.sqrt(gx * gx + gy * gy)
-            linear += row_l
-            tv += row_t
-        return linear + mu * tv
+            gx, gy = grad_at(u, i, w - 1, bottom, False)
+            linear[i] = row_l + c[i, w - 1] * u[i, w - 1]
+            tv[i] = row_t + g[i, w - 1] * np.sqrt(gx * gx + gy * gy)
+        total_l = 0.0
+        total_t = 0.0
+        for i in range(h):
+            total_l += linear[i]
+            total_t += tv[i]
+        return total_l + mu * total_t
 
-    @numba.njit(cache=True, fastmath=True)
+    # --- the proximal loop ---------------------------------------------------------------------------------------
+
+    @rows
     def proposal(inner, centre, out):
         """``out = clip(inner, 0, 1)``; returns ``sum((out - centre)^2)``."""
         h, w = inner.shape
-        total = 0.0
-        for i in range(h):
+        sums = np.zeros(h)
+        for i in numba.prange(h):
             row = 0.0
             for j in range(w):
                 v = min(max(inner[i, j], 0.0), 1.0)
                 out[i, j] = v
                 row += (v - centre[i, j]) ** 2
-            total += row
+            sums[i] = row
+        total = 0.0
+        for i in range(h):
+            total += sums[i]
         return total
 
-    @numba.njit(cache=True, fastmath=True)
+    @rows
     def relative_change(a, b):
         """``||a - b|| / max(||b||, TINY)``."""
         h, w = a.shape
-        num = 0.0
-        den = 0.0
-        for i in range(h):
+        nums = np.zeros(h)
+        dens = np.zeros(h)
+        for i in numba.prange(h):
+            num = 0.0
+            den = 0.0
             for j in range(w):
                 num += (a[i, j] - b[i, j]) ** 2
                 den += b[i, j] ** 2
+            nums[i] = num
+            dens[i] = den
+        num = 0.0
+        den = 0.0
+        for i in range(h):
+            num += nums[i]
+            den += dens[i]
         return np.sqrt(num) / max(np.sqrt(den), TINY)
 
-    @numba.njit(cache=True, fastmath=True)
+    # --- elastica-ALM --------------------------------------------------------------------------------------------
+
+    @inline
+    def elastica_rhs_at(i, j, top, bottom, left, right, centre, inv_step, r, inv_r, px, py, l2x, l2y, v, l3, out):
+        dv = 0.0
+        if bottom:
+            dv += px[i, j] + l2x[i, j] * inv_r
+        if top:
+            dv -= px[i - 1, j] + l2x[i - 1, j] * inv_r
+        if right:
+            dv += py[i, j] + l2y[i, j] * inv_r
+        if left:
+            dv -= py[i, j - 1] + l2y[i, j - 1] * inv_r
+        out[i, j] = centre[i, j] * inv_step - r * dv + r * v[i, j] + l3[i, j]
+
+    @rows
     def elastica_rhs(centre, inv_step, r, px, py, l2x, l2y, v, l3, out):
         """``out = centre/step - r div(p + l2/r) + r v + l3``."""
         h, w = centre.shape
         inv_r = 1.0 / r
-        for i in range(h):
-            for j in range(w):
-                dv = 0.0
-                if i < h - 1:
-                    dv += px[i, j] + l2x[i, j] * inv_r
-                if i > 0:
-                    dv -= px[i - 1, j] + l2x[i - 1, j] * inv_r
-                if j < w - 1:
-                    dv += py[i, j] + l2y[i, j] * inv_r
-                if j > 0:
-                    dv -= py[i, j - 1] + l2y[i, j - 1] * inv_r
-                out[i, j] = centre[i, j] * inv_step - r * dv + r * v[i, j] + l3[i, j]
+        for i in numba.prange(h):
+            top, bottom = i > 0, i < h - 1
+            elastica_rhs_at(i, 0, top, bottom, False, w > 1, centre, inv_step, r, inv_r, px, py, l2x, l2y, v, l3,
+                            out)
+            for j in range(1, w - 1):
+                elastica_rhs_at(i, j, top, bottom, True, True, centre, inv_step, r, inv_r, px, py, l2x, l2y, v, l3,
+                                out)
+            if w > 1:
+                elastica_rhs_at(i, w - 1, top, bottom, True, False, centre, inv_step, r, inv_r, px, py, l2x, l2y, v,
+                                l3, out)
 
-    @numba.njit(cache=True, fastmath=True)
-    def elastica_pq(u, c, g, alpha, beta, r, r1, l1, l2x, l2y, l3, l4, mx, my, nx, ny, v, q, px, py, gx, gy, pn):
-        """The ``v``, ``p`` and ``q`` subproblems of the ALM sweep, in place (``gx``, ``gy``, ``pn``: outputs)."""
+    @inline
+    def elastica_pq_at(i, j, top, bottom, left, right, u, c, g, alpha, beta, r, r1, l1, l2x, l2y, l3, l4, mx, my,
+                       nx, ny, v, q, px, py):
+        uij = u[i, j]
+        v[i, j] = min(max(uij - (l3[i, j] + c[i, j]) / r, 0.0), 1.0)
+        ax, ay = grad_at(u, i, j, bottom, right)
+        lagged = r1 + l1[i, j]
+        threshold = (g[i, j] * (alpha + beta * q[i, j] ** 2) + lagged) / r
+        vx = ax - l2x[i, j] / r + lagged * mx[i, j] / r
+        vy = ay - l2y[i, j] / r + lagged * my[i, j] / r
+        norm = np.sqrt(vx * vx + vy * vy)
+        scale = max(1.0 - threshold / max(norm, TINY), 0.0)
+        pxij = scale * vx
+        pyij = scale * vy
+        px[i, j] = pxij
+        py[i, j] = pyij
+        pnij = np.sqrt(pxij * pxij + pyij * pyij)
+        # q at this pixel needs only this pixel's |p| (and n, which this kernel does not change): the old q above
+        # is read before it is overwritten here
+        q[i, j] = (r * div_at(nx, ny, i, j, top, bottom, left, right) - l4[i, j]) / (r + 2.0 * beta * g[i, j] * pnij)
+
+    @rows
+    def elastica_pq(u, c, g, alpha, beta, r, r1, l1, l2x, l2y, l3, l4, mx, my, nx, ny, v, q, px, py):
+        """The ``v``, ``p`` and ``q`` subproblems of the ALM sweep, in place."""
         h, w = u.shape
-        for i in range(h):
-            for j in range(w):
-                uij = u[i, j]
-                v[i, j] = min(max(uij - (l3[i, j] + c[i, j]) / r, 0.0), 1.0)
-                ax, ay = grad_at(u, i, j, h, w)
-                gx[i, j] = ax
-                gy[i, j] = ay
-                lagged = r1 + l1[i, j]
-                threshold = (g[i, j] * (alpha + beta * q[i, j] ** 2) + lagged) / r
-                vx = ax - l2x[i, j] / r + lagged * mx[i, j] / r
-                vy = ay - l2y[i, j] / r + lagged * my[i, j] / r
-                norm = np.sqrt(vx * vx + vy * vy)
-                scale = max(1.0 - threshold / max(norm, TINY), 0.0)
-                px[i, j] = scale * vx
-                py[i, j] = scale * vy
-                pn[i, j] = np.sqrt(px[i, j] ** 2 + py[i, j] ** 2)
-        for i in range(h):
-            for j in range(w):
-                q[i, j] = (r * div_at(nx, ny, i, j, h, w) - l4[i, j]) / (r + 2.0 * beta * g[i, j] * pn[i, j])
+        for i in numba.prange(h):
+            top, bottom = i > 0, i < h - 1
+            elastica_pq_at(i, 0, top, bottom, False, w > 1, u, c, g, alpha, beta, r, r1, l1, l2x, l2y, l3, l4, mx,
+                           my, nx, ny, v, q, px, py)
+            for j in range(1, w - 1):
+                elastica_pq_at(i, j, top, bottom, True, True, u, c, g, alpha, beta, r, r1, l1, l2x, l2y, l3, l4, mx,
+                               my, nx, ny, v, q, px, py)
+            if w > 1:
+                elastica_pq_at(i, w - 1, top, bottom, True, False, u, c, g, alpha, beta, r, r1, l1, l2x, l2y, l3,
+                               l4, mx, my, nx, ny, v, q, px, py)
 
-    @numba.njit(cache=True, fastmath=True)
+    @inline
+    def elastica_s_at(i, j, bottom, right, q, l4, inv_r, mx, my, l5x, l5y, sx, sy):
+        a = q[i, j] + l4[i, j] * inv_r
+        ax = q[i + 1, j] + l4[i + 1, j] * inv_r - a if bottom else 0.0
+        ay = q[i, j + 1] + l4[i, j + 1] * inv_r - a if right else 0.0
+        sx[i, j] = mx[i, j] - l5x[i, j] * inv_r - ax
+        sy[i, j] = my[i, j] - l5y[i, j] * inv_r - ay
+
+    @rows
     def elastica_n_rhs(q, l4, r, mx, my, l5x, l5y, sx, sy, out):
         """``s = m - l5/r - grad(q + l4/r)`` into ``sx``, ``sy``; ``out = -div s``."""
         h, w = q.shape
         inv_r = 1.0 / r
-        for i in range(h):
-            for j in range(w):
-                a = q[i, j] + l4[i, j] * inv_r
-                ax = q[i + 1, j] + l4[i + 1, j] * inv_r - a if i < h - 1 else 0.0
-                ay = q[i, j + 1] + l4[i, j + 1] * inv_r - a if j < w - 1 else 0.0
-                sx[i, j] = mx[i, j] - l5x[i, j] * inv_r - ax
-                sy[i, j] = my[i, j] - l5y[i, j] * inv_r - ay
-        for i in range(h):
-            for j in range(w):
-                out[i, j] = -div_at(sx, sy, i, j, h, w)
+        for i in numba.prange(h):
+            bottom = i < h - 1
+            for j in range(w - 1):
+                elastica_s_at(i, j, bottom, True, q, l4, inv_r, mx, my, l5x, l5y, sx, sy)
+            elastica_s_at(i, w - 1, bottom, False, q, l4, inv_r, mx, my, l5x, l5y, sx, sy)
+        for i in numba.prange(h):
+            top, bottom = i > 0, i < h - 1
+            out[i, 0] = -div_at(sx, sy, i, 0, top, bottom, False, w > 1)
+            for j in range(1, w - 1):
+                out[i, j] = -div_at(sx, sy, i, j, top, bottom, True, True)
+            if w > 1:
+                out[i, w - 1] = -div_at(sx, sy, i, w - 1, top, bottom, True, False)
 
-    @numba.njit(cache=True, fastmath=True)
-    def elastica_finish(t, sx, sy, r, r1, u, v, q, px, py, gx, gy, pn, nx, ny, mx, my, l1, l2x, l2y, l3, l4, l5x,
-                        l5y):
+    @inline
+    def elastica_n_at(i, j, bottom, right, t, sx, sy, nx, ny):
+        tx, ty = grad_at(t, i, j, bottom, right)
+        nx[i, j] = sx[i, j] - tx
+        ny[i, j] = sy[i, j] - ty
+
+    @inline
+    def elastica_multipliers_at(i, j, top, bottom, left, right, r, inv_r, r1, u, v, q, px, py, nx, ny, mx, my, l1,
+                                l2x, l2y, l3, l4, l5x, l5y):
+        lagged = r1 + l1[i, j]
+        pxij = px[i, j]
+        pyij = py[i, j]
+        gx, gy = grad_at(u, i, j, bottom, right)  # recomputed: cheaper than storing grad u in elastica_pq
+        ax = nx[i, j] + (l5x[i, j] + lagged * pxij) * inv_r
+        ay = ny[i, j] + (l5y[i, j] + lagged * pyij) * inv_r
+        inv_scale = 1.0 / max(1.0, np.sqrt(ax * ax + ay * ay))
+        mxi = ax * inv_scale if bottom else 0.0
+        myi = ay * inv_scale if right else 0.0
+        mx[i, j] = mxi
+        my[i, j] = myi
+        l1[i, j] = l1[i, j] + r1 * (np.sqrt(pxij * pxij + pyij * pyij) - mxi * pxij - myi * pyij)
+        l2x[i, j] = l2x[i, j] + r * (pxij - gx)
+        l2y[i, j] = l2y[i, j] + r * (pyij - gy)
+        l3[i, j] = l3[i, j] + r * (v[i, j] - u[i, j])
+        l4[i, j] = l4[i, j] + r * (q[i, j] - div_at(nx, ny, i, j, top, bottom, left, right))
+        l5x[i, j] = l5x[i, j] + r * (nx[i, j] - mxi)
+        l5y[i, j] = l5y[i, j] + r * (ny[i, j] - myi)
+
+    @rows
+    def elastica_finish(t, sx, sy, r, r1, u, v, q, px, py, nx, ny, mx, my, l1, l2x, l2y, l3, l4, l5x, l5y):
         """``n = s - grad t``, the ``m`` projection and the multiplier updates, in place."""
         h, w = t.shape
-        for i in range(h):
-            for j in range(w):
-                tx, ty = grad_at(t, i, j, h, w)
-                nx[i, j] = sx[i, j] - tx
-                ny[i, j] = sy[i, j] - ty
-        for i in range(h):
-            for j in range(w):
-                lagged = r1 + l1[i, j]
-                ax = nx[i, j] + l5x[i, j] / r + lagged * px[i, j] / r
-                ay = ny[i, j] + l5y[i, j] / r + lagged * py[i, j] / r
-                scale = max(1.0, np.sqrt(ax * ax + ay * ay))
-                mxi = ax / scale if i < h - 1 else 0.0
-                myi = ay / scale if j < w - 1 else 0.0
-                mx[i, j] = mxi
-                my[i, j] = myi
-                l1[i, j] = l1[i, j] + r1 * (pn[i, j] - mxi * px[i, j] - myi * py[i, j])
-                l2x[i, j] = l2x[i, j] + r * (px[i, j] - gx[i, j])
-                l2y[i, j] = l2y[i, j] + r * (py[i, j] - gy[i, j])
-                l3[i, j] = l3[i, j] + r * (v[i, j] - u[i, j])
-                l4[i, j] = l4[i, j] + r * (q[i, j] - div_at(nx, ny, i, j, h, w))
-                l5x[i, j] = l5x[i, j] + r * (nx[i, j] - mxi)
-                l5y[i, j] = l5y[i, j] + r * (ny[i, j] - myi)
+        inv_r = 1.0 / r
+        for i in numba.prange(h):
+            bottom = i < h - 1
+            for j in range(w - 1):
+                elastica_n_at(i, j, bottom, True, t, sx, sy, nx, ny)
+            elastica_n_at(i, w - 1, bottom, False, t, sx, sy, nx, ny)
+        for i in numba.prange(h):
+            top, bottom = i > 0, i < h - 1
+            elastica_multipliers_at(i, 0, top, bottom, False, w > 1, r, inv_r, r1, u, v, q, px, py, nx, ny, mx,
+                                    my, l1, l2x, l2y, l3, l4, l5x, l5y)
+            for j in range(1, w - 1):
+                elastica_multipliers_at(i, j, top, bottom, True, True, r, inv_r, r1, u, v, q, px, py, nx, ny, mx,
+                                        my, l1, l2x, l2y, l3, l4, l5x, l5y)
+            if w > 1:
+                elastica_multipliers_at(i, w - 1, top, bottom, True, False, r, inv_r, r1, u, v, q, px, py, nx, ny,
+                                        mx, my, l1, l2x, l2y, l3, l4, l5x, l5y)
 
-    @numba.njit(cache=True, fastmath=True)
+    @inline
+    def reg_at(i, j, top, bottom, left, right, u, g, nx, ny, alpha, beta):
+        gx, gy = grad_at(u, i, j, bottom, right)
+        kappa = div_at(nx, ny, i, j, top, bottom, left, right)
+        return g[i, j] * np.sqrt(gx * gx + gy * gy) * (alpha + beta * kappa * kappa)
+
+    @inline
+    def normal_at(i, j, bottom, right, us, eps2, nx, ny):
+        sx, sy = grad_at(us, i, j, bottom, right)
+        inv_norm = 1.0 / np.sqrt(sx * sx + sy * sy + eps2)
+        nx[i, j] = sx * inv_norm
+        ny[i, j] = sy * inv_norm
+
+    @rows
     def linear_elastica_energy(u, c, g, weights, alpha, beta, eps, tmp, us, nx, ny):
         """``sum(c u) + sum(g (alpha + beta kappa^2) |grad u|)``, ``kappa`` from the Gaussian-smoothed ``u``.
 
@@ -219,39 +334,53 @@ def kernels() -> dict[str, Callable]:
         """
         h, w = u.shape
         radius = (weights.shape[0] - 1) // 2
-        for i in range(h):
+        for i in numba.prange(h):  # along axis 0: whole rows, the clamped row index is fixed per tap
             for j in range(w):
-                acc = 0.0
-                for k in range(-radius, radius + 1):
-                    acc += weights[k + radius] * u[min(max(i + k, 0), h - 1), j]
-                tmp[i, j] = acc
-        for i in range(h):
+                tmp[i, j] = 0.0
+            for k in range(-radius, radius + 1):
+                wk = weights[k + radius]
+                src = min(max(i + k, 0), h - 1)
+                for j in range(w):
+                    tmp[i, j] += wk * u[src, j]
+        for i in numba.prange(h):  # along axis 1: shifted rows; the clamped columns only near either end
             for j in range(w):
-                acc = 0.0
-                for k in range(-radius, radius + 1):
-                    acc += weights[k + radius] * tmp[i, min(max(j + k, 0), w - 1)]
-                us[i, j] = acc
+                us[i, j] = 0.0
+            for k in range(-radius, radius + 1):
+                wk = weights[k + radius]
+                lo = min(max(-k, 0), w)  # columns j with 0 <= j + k <= w - 1
+                hi = max(min(w - k, w), lo)
+                for j in range(lo):
+                    us[i, j] += wk * tmp[i, 0]
+                for j in range(lo, hi):
+                    us[i, j] += wk * tmp[i, j + k]
+                for j in range(hi, w):
+                    us[i, j] += wk * tmp[i, w - 1]
         eps2 = eps * eps
-        for i in range(h):
-            for j in range(w):
-                sx, sy = grad_at(us, i, j, h, w)
-                norm = np.sqrt(sx * sx + sy * sy + eps2)
-                nx[i, j] = sx / norm
-                ny[i, j] = sy / norm
-        linear = 0.0
-        reg = 0.0
-        for i in range(h):
+        for i in numba.prange(h):
+            bottom = i < h - 1
+            for j in range(w - 1):
+                normal_at(i, j, bottom, True, us, eps2, nx, ny)
+            normal_at(i, w - 1, bottom, False, us, eps2, nx, ny)
+        linear = np.zeros(h)
+        reg = np.zeros(h)
+        for i in numba.prange(h):
+            top, bottom = i > 0, i < h - 1
             row_l = 0.0
-            row_r = 0.0
             for j in range(w):
-                uij = u[i, j]
-                gx, gy = grad_at(u, i, j, h, w)
-                kappa = div_at(nx, ny, i, j, h, w)
-                row_l += c[i, j] * uij
-                row_r += g[i, j] * np.sqrt(gx * gx + gy * gy) * (alpha + beta * kappa * kappa)
-            linear += row_l
-            reg += row_r
-        return linear + reg
+                row_l += c[i, j] * u[i, j]
+            row_r = reg_at(i, 0, top, bottom, False, w > 1, u, g, nx, ny, alpha, beta)
+            for j in range(1, w - 1):
+                row_r += reg_at(i, j, top, bottom, True, True, u, g, nx, ny, alpha, beta)
+            if w > 1:
+                row_r += reg_at(i, w - 1, top, bottom, True, False, u, g, nx, ny, alpha, beta)
+            linear[i] = row_l
+            reg[i] = row_r
+        total_l = 0.0
+        total_r = 0.0
+        for i in range(h):
+            total_l += linear[i]
+            total_r += reg[i]
+        return total_l + total_r
 
     _KERNELS.update(linear_elastica_energy=linear_elastica_energy, tv_rhs=tv_rhs, tv_update=tv_update,
                     linear_tv_energy=linear_tv_energy, proposal=proposal, relative_change=relative_change,

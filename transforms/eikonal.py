@@ -237,7 +237,7 @@ def _iterate(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# CPU: the same plane update compiled with numba (parallel over rows, vectorised along the last axis)
+# CPU: the same plane update compiled with numba (vectorised along the last axis)
 # ----------------------------------------------------------------------------------------------------------------
 
 _NUMBA: dict[str, Callable] = {}
@@ -397,8 +397,9 @@ def sweep_travel_time_numpy(
     """
     CPU version of :func:`sweep_travel_time` (same scheme and arguments, numpy in and out), compiled with numba.
 
-    The plane update runs in parallel over the rows of a plane (numba threads, ``numba.set_num_threads``) and is
-    vectorised along the last axis. The first call in a process loads the compiled kernels from numba's disk cache
+    The plane update runs on the calling thread (the rows of a plane are written as a ``prange`` loop, but the
+    kernels are compiled without numba's parallel threads, ``_PARALLEL = False``) and is vectorised along the last
+    axis. The first call in a process loads the compiled kernels from numba's disk cache
     (compiles them, about 10 s, the very first time).
 
     Returns:
