@@ -335,26 +335,31 @@ def kernels() -> dict[str, Callable]:
         h, w = u.shape
         radius = (weights.shape[0] - 1) // 2
         for i in numba.prange(h):  # along axis 0: whole rows, the clamped row index is fixed per tap
+            out = tmp[i]
             for j in range(w):
-                tmp[i, j] = 0.0
+                out[j] = 0.0
             for k in range(-radius, radius + 1):
                 wk = weights[k + radius]
-                src = min(max(i + k, 0), h - 1)
+                src = u[min(max(i + k, 0), h - 1)]
                 for j in range(w):
-                    tmp[i, j] += wk * u[src, j]
+                    out[j] += wk * src[j]
         for i in numba.prange(h):  # along axis 1: shifted rows; the clamped columns only near either end
+            row = tmp[i]
+            out = us[i]
             for j in range(w):
-                us[i, j] = 0.0
+                out[j] = 0.0
             for k in range(-radius, radius + 1):
                 wk = weights[k + radius]
                 lo = min(max(-k, 0), w)  # columns j with 0 <= j + k <= w - 1
                 hi = max(min(w - k, w), lo)
                 for j in range(lo):
-                    us[i, j] += wk * tmp[i, 0]
-                for j in range(lo, hi):
-                    us[i, j] += wk * tmp[i, j + k]
+                    out[j] += wk * row[0]
+                shifted = row[lo + k:hi + k]
+                inner = out[lo:hi]
+                for j in range(hi - lo):
+                    inner[j] += wk * shifted[j]
                 for j in range(hi, w):
-                    us[i, j] += wk * tmp[i, w - 1]
+                    out[j] += wk * row[w - 1]
         eps2 = eps * eps
         for i in numba.prange(h):
             bottom = i < h - 1
