@@ -51,6 +51,16 @@ def kernels() -> dict[str, Callable]:
         gy = u[i, j + 1] - u[i, j] if right else 0.0
         return gx, gy
 
+    @inline
+    def ordered_sums(a, b):
+        """The sums of two per-row arrays, added in row order (independent of the number of threads)."""
+        sa = 0.0
+        sb = 0.0
+        for i in range(a.shape[0]):
+            sa += a[i]
+            sb += b[i]
+        return sa, sb
+
     # --- TV-ADMM -------------------------------------------------------------------------------------------------
 
     @inline
@@ -123,11 +133,7 @@ def kernels() -> dict[str, Callable]:
             gx, gy = grad_at(u, i, w - 1, bottom, False)
             linear[i] = row_l + c[i, w - 1] * u[i, w - 1]
             tv[i] = row_t + g[i, w - 1] * np.sqrt(gx * gx + gy * gy)
-        total_l = 0.0
-        total_t = 0.0
-        for i in range(h):
-            total_l += linear[i]
-            total_t += tv[i]
+        total_l, total_t = ordered_sums(linear, tv)
         return total_l + mu * total_t
 
     # --- the proximal loop ---------------------------------------------------------------------------------------
@@ -163,11 +169,7 @@ def kernels() -> dict[str, Callable]:
                 den += b[i, j] ** 2
             nums[i] = num
             dens[i] = den
-        num = 0.0
-        den = 0.0
-        for i in range(h):
-            num += nums[i]
-            den += dens[i]
+        num, den = ordered_sums(nums, dens)
         return np.sqrt(num) / max(np.sqrt(den), TINY)
 
     # --- elastica-ALM --------------------------------------------------------------------------------------------
@@ -380,11 +382,7 @@ def kernels() -> dict[str, Callable]:
                 row_r += reg_at(i, w - 1, top, bottom, True, False, u, g, nx, ny, alpha, beta)
             linear[i] = row_l
             reg[i] = row_r
-        total_l = 0.0
-        total_r = 0.0
-        for i in range(h):
-            total_l += linear[i]
-            total_r += reg[i]
+        total_l, total_r = ordered_sums(linear, reg)
         return total_l + total_r
 
     _KERNELS.update(linear_elastica_energy=linear_elastica_energy, tv_rhs=tv_rhs, tv_update=tv_update,
