@@ -63,7 +63,6 @@ from scipy.fft import dctn, idctn
 from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
-from pipeline._baseline_kernels import kernels
 
 __all__ = [
     "BaselineResult",
@@ -75,6 +74,13 @@ __all__ = [
 ]
 
 _TAU_HALVINGS = 10  # give up once failed proposals have driven tau down to 2**-10 of its initial value
+
+
+def kernels() -> dict[str, Callable]:
+    """The fused numba kernels of :mod:`pipeline._baseline_kernels` by name (numba is imported on first use)."""
+    from pipeline._baseline_kernels import KERNELS
+
+    return KERNELS
 
 
 @dataclass

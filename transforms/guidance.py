@@ -313,9 +313,6 @@ class GeodesicDistance(Transform):
         return marched
 
 
-_SUMSQ: dict[int, object] = {}
-
-
 def _gradient_sumsq(z: np.ndarray, steps: tuple[float, ...]) -> np.ndarray:
     """``|∇z|²`` in float64 with ``np.gradient``'s differences (central inside, one-sided at the edges).
 
@@ -325,45 +322,11 @@ def _gradient_sumsq(z: np.ndarray, steps: tuple[float, ...]) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     if z.ndim not in (2, 3) or min(z.shape) < 2:
         return sum(g * g for g in np.gradient(z, *steps))
-    if not _SUMSQ:
-        import numba
+    from transforms import _guidance_kernels as kernels
 
-        @numba.njit(inline="always", cache=True)
-        def diff(a, b, c, i, n, h):  # a = z[i - 1], b = z[i], c = z[i + 1] along one axis of size n
-            if i == 0:
-                return (c - b) / h
-            if i == n - 1:
-                return (b - a) / h
-            return (c - a) / (2.0 * h)
-
-        @numba.njit(parallel=False, cache=True)
-        def sumsq2(z, h0, h1, out):
-            n0, n1 = z.shape
-            for i in range(n0):
-                ip, im = min(i + 1, n0 - 1), max(i - 1, 0)
-                for j in range(n1):
-                    jp, jm = min(j + 1, n1 - 1), max(j - 1, 0)
-                    g0 = diff(z[im, j], z[i, j], z[ip, j], i, n0, h0)
-                    g1 = diff(z[i, jm], z[i, j], z[i, jp], j, n1, h1)
-                    out[i, j] = g0 * g0 + g1 * g1
-
-        @numba.njit(parallel=False, cache=True)
-        def sumsq3(z, h0, h1, h2, out):
-            n0, n1, n2 = z.shape
-            for i in range(n0):
-                ip, im = min(i + 1, n0 - 1), max(i - 1, 0)
-                for j in range(n1):
-                    jp, jm = min(j + 1, n1 - 1), max(j - 1, 0)
-                    for k in range(n2):
-                        kp, km = min(k + 1, n2 - 1), max(k - 1, 0)
-                        g0 = diff(z[im, j, k], z[i, j, k], z[ip, j, k], i, n0, h0)
-                        g1 = diff(z[i, jm, k], z[i, j, k], z[i, jp, k], j, n1, h1)
-                        g2 = diff(z[i, j, km], z[i, j, k], z[i, j, kp], k, n2, h2)
-                        out[i, j, k] = g0 * g0 + g1 * g1 + g2 * g2
-
-        _SUMSQ.update({2: sumsq2, 3: sumsq3})
     out = np.empty(z.shape, dtype=np.float64)
-    _SUMSQ[z.ndim](np.ascontiguousarray(z), *(float(h) for h in steps), out)  # type: ignore[operator]
+    sumsq = kernels.sumsq2 if z.ndim == 2 else kernels.sumsq3
+    sumsq(np.ascontiguousarray(z), *(float(h) for h in steps), out)
     return out
 
 
