@@ -61,34 +61,41 @@ def ordered_sums(a, b):
     return sa, sb
 
 
-# --- TV-ADMM -------------------------------------------------------------------------------------------------
+# --- the right-hand side of the u-solves ---------------------------------------------------------------------------
 
 
 @inline
-def tv_rhs_at(i, j, top, bottom, left, right, centre, inv_step, rho, wx, wy, bx, by, z, d, out):
+def rhs_at(i, j, top, bottom, left, right, centre, inv_step, r, ax, ay, bx, by, scale, x, y, weight, out):
     dv = 0.0
     if bottom:
-        dv += wx[i, j] - bx[i, j]
+        dv += ax[i, j] + scale * bx[i, j]
     if top:
-        dv -= wx[i - 1, j] - bx[i - 1, j]
+        dv -= ax[i - 1, j] + scale * bx[i - 1, j]
     if right:
-        dv += wy[i, j] - by[i, j]
+        dv += ay[i, j] + scale * by[i, j]
     if left:
-        dv -= wy[i, j - 1] - by[i, j - 1]
-    out[i, j] = centre[i, j] * inv_step - rho * dv + rho * (z[i, j] - d[i, j])
+        dv -= ay[i, j - 1] + scale * by[i, j - 1]
+    out[i, j] = centre[i, j] * inv_step - r * dv + r * x[i, j] + weight * y[i, j]
 
 
 @rows
-def tv_rhs(centre, inv_step, rho, wx, wy, bx, by, z, d, out):
-    """``out = centre/step - rho div(w - b) + rho (z - d)``."""
+def shifted_rhs(centre, inv_step, r, ax, ay, bx, by, scale, x, y, weight, out):
+    """``out = centre/step - r div(a + scale b) + r x + weight y``: the right-hand side of both ``u``-solves.
+
+    TV: ``a = w``, ``b`` its dual, ``scale = -1``, ``x = z``, ``y = d``, ``weight = -rho``; elastica: ``a = p``,
+    ``b = l2``, ``scale = 1/r``, ``x = v``, ``y = l3``, ``weight = 1``.
+    """
     h, w = centre.shape
     for i in numba.prange(h):
         top, bottom = i > 0, i < h - 1
-        tv_rhs_at(i, 0, top, bottom, False, w > 1, centre, inv_step, rho, wx, wy, bx, by, z, d, out)
+        rhs_at(i, 0, top, bottom, False, w > 1, centre, inv_step, r, ax, ay, bx, by, scale, x, y, weight, out)
         for j in range(1, w - 1):
-            tv_rhs_at(i, j, top, bottom, True, True, centre, inv_step, rho, wx, wy, bx, by, z, d, out)
+            rhs_at(i, j, top, bottom, True, True, centre, inv_step, r, ax, ay, bx, by, scale, x, y, weight, out)
         if w > 1:
-            tv_rhs_at(i, w - 1, top, bottom, True, False, centre, inv_step, rho, wx, wy, bx, by, z, d, out)
+            rhs_at(i, w - 1, top, bottom, True, False, centre, inv_step, r, ax, ay, bx, by, scale, x, y, weight, out)
+
+
+# --- TV-ADMM -------------------------------------------------------------------------------------------------
 
 
 @inline
@@ -182,37 +189,6 @@ def relative_change(a, b):
 
 
 # --- elastica-ALM --------------------------------------------------------------------------------------------
-
-
-@inline
-def elastica_rhs_at(i, j, top, bottom, left, right, centre, inv_step, r, inv_r, px, py, l2x, l2y, v, l3, out):
-    dv = 0.0
-    if bottom:
-        dv += px[i, j] + l2x[i, j] * inv_r
-    if top:
-        dv -= px[i - 1, j] + l2x[i - 1, j] * inv_r
-    if right:
-        dv += py[i, j] + l2y[i, j] * inv_r
-    if left:
-        dv -= py[i, j - 1] + l2y[i, j - 1] * inv_r
-    out[i, j] = centre[i, j] * inv_step - r * dv + r * v[i, j] + l3[i, j]
-
-
-@rows
-def elastica_rhs(centre, inv_step, r, px, py, l2x, l2y, v, l3, out):
-    """``out = centre/step - r div(p + l2/r) + r v + l3``."""
-    h, w = centre.shape
-    inv_r = 1.0 / r
-    for i in numba.prange(h):
-        top, bottom = i > 0, i < h - 1
-        elastica_rhs_at(i, 0, top, bottom, False, w > 1, centre, inv_step, r, inv_r, px, py, l2x, l2y, v, l3,
-                        out)
-        for j in range(1, w - 1):
-            elastica_rhs_at(i, j, top, bottom, True, True, centre, inv_step, r, inv_r, px, py, l2x, l2y, v, l3,
-                            out)
-        if w > 1:
-            elastica_rhs_at(i, w - 1, top, bottom, True, False, centre, inv_step, r, inv_r, px, py, l2x, l2y, v,
-                            l3, out)
 
 
 @inline
@@ -408,8 +384,8 @@ def linear_elastica_energy(u, c, g, weights, alpha, beta, eps, tmp, us, nx, ny):
 
 
 KERNELS: dict[str, Callable] = dict(
-    linear_elastica_energy=linear_elastica_energy, tv_rhs=tv_rhs, tv_update=tv_update,
+    linear_elastica_energy=linear_elastica_energy, shifted_rhs=shifted_rhs, tv_update=tv_update,
     linear_tv_energy=linear_tv_energy, proposal=proposal, relative_change=relative_change,
-    elastica_rhs=elastica_rhs, elastica_pq=elastica_pq, elastica_n_rhs=elastica_n_rhs,
+    elastica_pq=elastica_pq, elastica_n_rhs=elastica_n_rhs,
     elastica_finish=elastica_finish,
 )

@@ -527,7 +527,7 @@ def tv_segment(
         return float(fused["linear_tv_energy"](u, c, weight, mu))
 
     def sweep(centre: np.ndarray, step: float) -> np.ndarray:
-        fused["tv_rhs"](centre, 1.0 / step, rho, wx, wy, bx, by, z, d, rhs)
+        fused["shifted_rhs"](centre, 1.0 / step, rho, wx, wy, bx, by, -1.0, z, d, -rho, rhs)
         u = solve(rhs, 1.0 / step + rho, rho)
         fused["tv_update"](u, c, threshold, rho, wx, wy, bx, by, z, d)
         return u
@@ -605,7 +605,8 @@ class _ElasticaALM:
         multipliers. The per-pixel steps run fused in :mod:`pipeline._baseline_kernels`.
         """
         k, r, r1 = self.kernels, self.r, self.r1
-        k["elastica_rhs"](centre, 1.0 / step, r, self.px, self.py, self.l2x, self.l2y, self.v, self.l3, self.rhs)
+        k["shifted_rhs"](centre, 1.0 / step, r, self.px, self.py, self.l2x, self.l2y, 1.0 / r, self.v, self.l3, 1.0,
+                         self.rhs)
         self.u = self.solve(self.rhs, 1.0 / step + r, r)
         k["elastica_pq"](self.u, self.c, self.g32, self.alpha, self.beta, r, r1, self.l1, self.l2x, self.l2y, self.l3,
                          self.l4, self.mx, self.my, self.nx, self.ny, self.v, self.q, self.px, self.py)
@@ -658,10 +659,10 @@ def elastica_segment(
     ``r2 = r3 = r4 = r5 = 10``): on the test images penalties from 3 to 10 reached energies within about 1 % of each
     other (except on the noisiest image, where 7 and 10 did best), 2 accepted fewer steps, and 20 let the iterates drift
     to ``u = 0`` on the noisiest image. ``tau = 10`` and ``patience = 5`` as for TV. ``tol = 1e-4``, ``max_iter = 800``:
-    128x128 test images take 65 to 480 sweeps (0.04 to 0.22 s on two CPU cores). Most runs end because no further descent
-    is found (``converged=False``): on a noisy 32x32 test image L-BFGS-B started from that point lowered the energy by
-    another 5 %, but started from the initial guess it had not reached the ALM's energy after 3000 iterations (two
-    minutes).
+    128x128 test images take 65 to 480 sweeps (0.04 to 0.22 s on two CPU cores). Most runs end because no further
+    descent is found (``converged=False``): on a noisy 32x32 test image L-BFGS-B started from that point lowered the
+    energy by another 5 %, but started from the initial guess it had not reached the ALM's energy after 3000
+    iterations (two minutes).
 
     Args:
         fitting: fitting term ``Phi``, shape ``(H, W)``, negative inside the object.

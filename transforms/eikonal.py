@@ -240,6 +240,7 @@ def _iterate(
 # CPU: the same plane update compiled with numba (vectorised along the last axis)
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def _numba_kernels() -> dict[str, Callable]:
     """The 2D and 3D plane-sweep kernels of :mod:`transforms._eikonal_kernels` (numba is imported on first use)."""
     from transforms import _eikonal_kernels as kernels
