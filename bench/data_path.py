@@ -1,7 +1,7 @@
 """Data path: load + HU window + adjacent-slice stacking of a 512×512×200 int16 ``.nii.gz`` CT, against nibabel.
 
-Prints one JSON line: ``value`` = seconds of :func:`pipeline.volumes.read_nifti_array` (ISA-L inflate, no copy)
-followed by :func:`pipeline.datapath.window_stack` (window [-124, 276] → [0, 1], k = 3 adjacent slices per sample as
+Prints one JSON line: ``value`` = seconds of :func:`pipeline.io.volumes.read_nifti_array` (ISA-L inflate, no copy)
+followed by :func:`pipeline.io.datapath.window_stack` (window [-124, 276] → [0, 1], k = 3 adjacent slices per sample as
 a strided view); ``baseline`` = seconds of nibabel's plain decode ``np.asanyarray(nib.load(path).dataobj)`` of the
 same file. Also: the MONAI route the bundles' training configs use today (``LoadImage`` + ``HUWindow`` +
 ``StackAdjacentSlices``, ``monai_s``), and a check that the fast path gives the same samples (``max_abs_diff``).
@@ -32,8 +32,8 @@ def main() -> None:
     import nibabel as nib
     from monai.transforms import LoadImage
 
-    from pipeline.datapath import window_stack
-    from pipeline.volumes import read_nifti_array
+    from pipeline.io.datapath import window_stack
+    from pipeline.io.volumes import read_nifti_array
     from transforms import HUWindow, StackAdjacentSlices
 
     shape = (128, 128, 24) if args.quick else (512, 512, 200)

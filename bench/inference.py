@@ -55,7 +55,7 @@ def volume(shape: tuple[int, int, int], channels: int, seed: int):
     sys.path.insert(0, str(ROOT / "bench"))
     from data_path import phantom_file
 
-    from pipeline.volumes import read_nifti_array
+    from pipeline.io.volumes import read_nifti_array
 
     hu, _ = read_nifti_array(phantom_file((shape[0], shape[1], max(8, shape[2] * 4 // 3)), seed))
     image = torch.as_tensor(np.clip((hu[..., : shape[2]].astype(np.float32) + 124.0) / 400.0, 0.0, 1.0))
@@ -81,8 +81,8 @@ def child(name: str, mode: str, shape: tuple[int, int, int], slices: int, seed: 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipeline.predictors import load_weights
-    from pipeline.slicing import AdjacentSliceInferer
+    from pipeline.inference.predictors import load_weights
+    from pipeline.inference.inferers import AdjacentSliceInferer
 
     network, channels = build(name)
     weights = "random"

@@ -5,8 +5,8 @@ Bundles themselves run through ``python -m monai.bundle run --config_file bundle
     varseg runs [--experiment varseg-lits] [--last 5]   # the runs, their metrics, UI command, chart/compare links
     varseg ui [--port 5000]                             # serve the MLflow UI on 127.0.0.1
     varseg make-data {lits,lung,spect,brats} OUT_DIR [--num-cases N] ...  # write synthetic phantoms in a dataset's layout
-    varseg infer {lits,lung,spect} --input PATH [--output DIR] ...  # batch inference (see python -m pipeline.batch)
-    varseg cascade [--fractions 1/23 1/10 1/3] ...  # LiTS liver -> lesion cascade table (python -m pipeline.cascade)
+    varseg infer {lits,lung,spect} --input PATH [--output DIR] ...  # batch inference (see python -m pipeline.inference.batch)
+    varseg cascade [--fractions 1/23 1/10 1/3] ...  # LiTS liver -> lesion cascade table (python -m pipeline.experiments.cascade)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import subprocess
 import sys
 import urllib.parse
 
-from pipeline import tracking
+from pipeline.training import tracking
 
 _SHOWN_METRICS = ("val_dice", "val_jaccard", "test_dice", "test_dice_std", "test_jaccard", "train_loss")
 _UI_URL = "http://127.0.0.1:5000"
@@ -83,7 +83,7 @@ def _make_data(args: argparse.Namespace) -> int:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from pipeline import batch
+    from pipeline.inference import batch
 
     return int(batch.main(args.rest, prog="varseg infer"))
 
@@ -91,11 +91,11 @@ def _infer(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["infer"]:  # every other argument belongs to the batch command (its own --help included)
-        from pipeline import batch
+        from pipeline.inference import batch
 
         return int(batch.main(argv[1:], prog="varseg infer"))
     if argv[:1] == ["cascade"]:  # likewise for the cascade command
-        from pipeline import cascade
+        from pipeline.experiments import cascade
 
         return int(cascade.main(argv[1:], prog="varseg cascade"))
     parser = argparse.ArgumentParser(prog="varseg", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)

@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import json
 import numpy as np
-from pipeline._baseline_kernels import KERNELS
-from pipeline.baselines import elastica_segment, tv_segment
+from pipeline.selective._kernels import KERNELS
+from pipeline.selective.baselines import elastica_segment, tv_segment
 from transforms import GeodesicDistance
 from transforms import _eikonal_kernels, _guidance_kernels
 

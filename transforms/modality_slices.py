@@ -386,7 +386,7 @@ class NormalizeModalitiesd(MapTransform):
     Args:
         keys: keys of the multi-modal images. See also: monai.transforms.MapTransform
         modalities: names of the M channels, in order. Defaults to the 4 BraTS modalities.
-        mask_key: key of a brain mask (e.g. the DeepMedic ``"mask"`` from :func:`pipeline.layouts.index_brats`);
+        mask_key: key of a brain mask (e.g. the DeepMedic ``"mask"`` from :func:`pipeline.io.layouts.index_brats`);
             None uses "any modality > 0".
         already_normalized: only clip (input already z-scored). Defaults to False.
         clip: clip bound(s), see :py:class:`NormalizeModalities`. Defaults to 10.

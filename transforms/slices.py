@@ -22,6 +22,7 @@ from monai.utils import ensure_tuple
 from monai.utils.enums import TransformBackends
 
 __all__ = [
+    "plain_tensor",
     "adjacent_slice_indices",
     "StackAdjacentSlices",
     "UnstackSlices",
@@ -32,6 +33,11 @@ __all__ = [
     "UnstackSlicesD",
     "UnstackSlicesDict",
 ]
+
+
+def plain_tensor(x: NdarrayOrTensor) -> torch.Tensor:
+    """A plain tensor view of an array, tensor or MetaTensor (metadata dropped; slicing MetaTensors is slow)."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
 def _check_num_slices(num_slices: int) -> int:

@@ -15,7 +15,7 @@ All five files of a case share shape and affine. The affine is the one BraTS shi
 voxel ``i`` runs towards the patient's left, ``j`` posterior, ``k`` superior), i.e.
 ``diag(-1, -1, 1)`` with origin ``(0, ny - 1, 0)`` (``(0, 239, 0)`` for the 240 x 240 x 155 BraTS grid).
 :func:`generate_brats_phantoms` writes synthetic cases ``brats_NNN``; :func:`brats_datalist` indexes a real BraTS
-folder with :func:`pipeline.layouts.index_brats`, or generates (if needed) and indexes the phantoms.
+folder with :func:`pipeline.io.layouts.index_brats`, or generates (if needed) and indexes the phantoms.
 
 Phantom model. The anatomy is defined analytically in millimetres of a real-size brain (LPS, centred on the
 brain) and sampled at voxel centres. On the BraTS grid (240 x 240 x 155) the brain has its real size (semi-axes
@@ -528,7 +528,7 @@ def brats_datalist(dataset_dir: str | Path | None, synthetic_dir: str | Path, nu
                    bias_strength: float = DEFAULT_BIAS_STRENGTH) -> list[dict[str, Any]]:
     """Datalist of a real BraTS folder ``dataset_dir``, or of synthetic phantoms when it is not given.
 
-    Both go through :func:`pipeline.layouts.index_brats`, so the entries have the same keys: ``"case"``,
+    Both go through :func:`pipeline.io.layouts.index_brats`, so the entries have the same keys: ``"case"``,
     ``"image"`` (one path per modality, in the order of ``modalities``), ``"label"``, ``"modalities"``,
     ``"label_convention"``, ``"kind"``, ``"layout"`` (and ``"mask"`` for the DeepMedic copy of BraTS 2015).
 
@@ -549,7 +549,7 @@ def brats_datalist(dataset_dir: str | Path | None, synthetic_dir: str | Path, nu
             requested modality.
         ValueError: if ``synthetic_dir`` holds phantoms of other settings, or for an unknown modality name.
     """
-    from pipeline.layouts import index_brats  # pipeline.layouts imports this package: import when called
+    from pipeline.io.layouts import index_brats# pipeline.io.layouts imports this package: import when called
 
     if dataset_dir is not None and str(dataset_dir).strip() not in ("", "synthetic"):
         return index_brats(dataset_dir, modalities=modalities)

@@ -50,10 +50,8 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +59,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
+
+from pipeline.io.datasets import LITS_SEGMENTATION_RE, LITS_VOLUME_RE, LayoutError, index_lits
 
 from ._writing import DATASET_JSON, atomic_write, nifti_image, sync_dataset_json
 
@@ -84,18 +84,9 @@ TISSUES: dict[str, int] = {
 GENERATOR = "pipeline.data.lits"
 GENERATOR_VERSION = 1
 _T = TISSUES
-_VOLUME_RE = re.compile(r"^volume-(\d+)\.nii(?:\.gz)?$")
-_SEGMENTATION_RE = re.compile(r"^segmentation-(\d+)\.nii(?:\.gz)?$")
-_EXPECTED_LAYOUT = (
-    "expected the LiTS layout: volume-N.nii[.gz] with segmentation-N.nii[.gz], possibly in sub-folders "
-    "such as 'Training Batch 1/'"
-)
 _MIN_SIZE, _MAX_SIZE = 8, 2048
 _HU_MIN, _HU_MAX = -1024, 3071
 
-
-class LayoutError(ValueError):
-    """A folder is not in the expected dataset layout (the message names the folder and what is missing)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -836,7 +827,7 @@ def _dataset_description(shape: tuple[int, int, int], seed: int, cases: Sequence
 def _sync_dataset_json(folder: Path, shape: tuple[int, int, int], seed: int, cases: Sequence[int]) -> None:
     """Create or extend ``dataset.json``; refuse a folder holding phantoms of other settings or foreign files."""
     stray = [] if (folder / DATASET_JSON).exists() else sorted(
-        p.name for p in folder.iterdir() if _VOLUME_RE.match(p.name) or _SEGMENTATION_RE.match(p.name))
+        p.name for p in folder.iterdir() if LITS_VOLUME_RE.match(p.name) or LITS_SEGMENTATION_RE.match(p.name))
     sync_dataset_json(folder, lambda c: _dataset_description(shape, seed, c),
                       ("generator", "generator_version", "seed", "shape"), cases, stray)
 
@@ -885,77 +876,6 @@ def generate_lits_phantoms(out_dir: str | Path, num_cases: int = 16, shape: Sequ
     return _generate(out_dir, num_cases, shape, seed, start_index, overwrite, progress)[0]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Indexing the LiTS layout
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _collect(files: Sequence[Path], pattern: re.Pattern[str], root: Path) -> dict[int, Path]:
-    """Case number -> file for the files matching ``pattern``; raises on duplicated case numbers."""
-    found: dict[int, Path] = {}
-    for path in files:
-        match = pattern.match(path.name)
-        if match is None:
-            continue
-        number = int(match.group(1))
-        if number in found:
-            raise LayoutError(f"case {number} appears twice under {root}: {found[number]} and {path}")
-        found[number] = path
-    return found
-
-
-def _no_volume_message(root: Path, files: Sequence[Path]) -> str:
-    """Explain that no volume file was found under ``root`` and show what is there instead."""
-    if not files:
-        return f"no volume-N.nii[.gz] files under {root}: the folder holds no files; {_EXPECTED_LAYOUT}"
-    names = ", ".join(str(p.relative_to(root)) for p in files[:5])
-    more = f" and {len(files) - 5} more" if len(files) > 5 else ""
-    return f"no volume-N.nii[.gz] files under {root}; found instead: {names}{more}; {_EXPECTED_LAYOUT}"
-
-
-def index_lits(root: str | Path, require_labels: bool = True) -> list[dict[str, str]]:
-    """Datalist of a folder in the LiTS layout (searched recursively, e.g. ``Training Batch 1/``).
-
-    Args:
-        root: dataset folder.
-        require_labels: demand a segmentation for every volume; when False the ``"label"`` key is left out for
-            volumes without one.
-
-    Returns:
-        ``[{"image": ..., "label": ..., "case": "volume-N"}, ...]`` sorted by case number ``N``.
-
-    Raises:
-        LayoutError: if the folder is missing or not a folder, holds no volume files, has a volume without its
-            segmentation (when ``require_labels``) or a case number twice.
-    """
-    folder = Path(root).expanduser().absolute()
-    if not folder.exists():
-        raise LayoutError(f"LiTS folder {folder} does not exist")
-    if not folder.is_dir():
-        raise LayoutError(f"LiTS folder {folder} is not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    volumes = _collect(files, _VOLUME_RE, folder)
-    if not volumes:
-        raise LayoutError(_no_volume_message(folder, files))
-    labels = _collect(files, _SEGMENTATION_RE, folder)
-    missing = sorted(set(volumes) - set(labels))
-    if missing and require_labels:
-        names = ", ".join(str(volumes[n].relative_to(folder)) for n in missing[:5])
-        raise LayoutError(f"{len(missing)} volume(s) under {folder} lack segmentation-N.nii[.gz]: {names}"
-                          f"{' ...' if len(missing) > 5 else ''}")
-    orphans = sorted(set(labels) - set(volumes))
-    if orphans:
-        logger.warning("%d segmentation(s) under %s have no volume (e.g. %s); ignored", len(orphans), folder,
-                       labels[orphans[0]].name)
-    datalist = []
-    for number in sorted(volumes):
-        entry = {"image": str(volumes[number])}
-        if number in labels:
-            entry["label"] = str(labels[number])
-        entry["case"] = f"volume-{number}"
-        datalist.append(entry)
-    return datalist
-
 
 def lits_datalist(dataset_dir: str | Path | None, synthetic_dir: str | Path, num_cases: int = 16,
                   shape: Sequence[int] = (128, 128, 32), seed: int = 0) -> list[dict[str, str]]:
@@ -979,85 +899,6 @@ def lits_datalist(dataset_dir: str | Path | None, synthetic_dir: str | Path, num
         return index_lits(dataset_dir)
     wanted = {entry["case"] for entry in generate_lits_phantoms(synthetic_dir, num_cases, shape, seed)}
     return [entry for entry in index_lits(synthetic_dir) if entry["case"] in wanted]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Splits
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _split_size(fraction: float, n: int) -> int:
-    """``round(fraction * n)``, at least 1 when ``fraction > 0``."""
-    return max(1, round(fraction * n)) if fraction > 0 else 0
-
-
-def split_cases(datalist: Sequence[dict[str, Any]], val_fraction: float = 0.125, test_fraction: float = 0.25,
-                seed: int = 0) -> dict[str, list[dict[str, Any]]]:
-    """Deterministic train/val/test split by case.
-
-    The cases are shuffled with ``numpy.random.default_rng(seed)``; val and test each get ``round(fraction * n)``
-    cases (Python rounding), at least 1 when their fraction is > 0; train gets the rest. For 16 cases and the
-    defaults: 10 train / 2 val / 4 test. Each split keeps the datalist order; its dicts are copies.
-
-    Args:
-        datalist: list of case dicts.
-        val_fraction: fraction of cases for validation, in [0, 1).
-        test_fraction: fraction of cases for testing, in [0, 1).
-        seed: shuffle seed.
-
-    Returns:
-        ``{"train": [...], "val": [...], "test": [...]}``.
-
-    Raises:
-        ValueError: for fractions out of range or too few cases to give train at least 1 case.
-    """
-    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 <= float(value) < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    n = len(datalist)
-    n_val, n_test = _split_size(float(val_fraction), n), _split_size(float(test_fraction), n)
-    if n - n_val - n_test < 1:
-        raise ValueError(f"too few cases to split: {n} case(s) with val_fraction={val_fraction} and "
-                         f"test_fraction={test_fraction} leave no training case (need at least {n_val + n_test + 1})")
-    order = np.random.default_rng(seed).permutation(n)
-    parts = {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
-    return {name: [dict(datalist[i]) for i in sorted(parts[name])] for name in ("train", "val", "test")}
-
-
-def _parse_fraction(fraction: float | str | Fraction) -> float:
-    """A fraction given as a number or a string such as ``"1/3"`` or ``"0.25"``, checked to be in (0, 1]."""
-    try:
-        value = float(Fraction(fraction.strip()) if isinstance(fraction, str) else fraction)
-    except (ValueError, ZeroDivisionError, TypeError) as err:
-        raise ValueError(f"labelled fraction must be a number or a string like '1/3', got {fraction!r}") from err
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"labelled fraction must be in (0, 1], got {fraction!r}")
-    return value
-
-
-def mark_labelled(datalist: Sequence[dict[str, Any]], fraction: float | str, seed: int = 0) -> list[dict[str, Any]]:
-    """Copies of the training dicts with a boolean ``"labelled"`` key.
-
-    ``round(fraction * n)`` cases (at least 1) are chosen with ``numpy.random.default_rng(seed)``. Unlabelled cases
-    keep their ``"label"`` path; the training engine ignores it for the supervised loss.
-
-    Args:
-        datalist: training cases.
-        fraction: labelled fraction in (0, 1], as a number or a string such as ``"1/3"``.
-        seed: selection seed.
-
-    Returns:
-        The datalist (same order) with ``"labelled"`` set on every dict.
-
-    Raises:
-        ValueError: for an empty datalist or a fraction that is not a number in (0, 1].
-    """
-    value = _parse_fraction(fraction)
-    if not datalist:
-        raise ValueError("cannot mark labelled cases of an empty datalist")
-    n = len(datalist)
-    chosen = set(np.random.default_rng(seed).choice(n, size=min(n, max(1, round(value * n))), replace=False).tolist())
-    return [{**entry, "labelled": i in chosen} for i, entry in enumerate(datalist)]
 
 
 # ----------------------------------------------------------------------------------------------------------------

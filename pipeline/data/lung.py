@@ -65,7 +65,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +75,10 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from pipeline.io.datasets import IMAGES_DIR, LUNG_IMAGE_RE, MASKS_DIR, index_lung
+
 from ._writing import DATASET_JSON, atomic_write, nifti_image, sync_dataset_json
-from .lits import LayoutError, _check_shape, _Field, _Grid, _segment_mask
+from .lits import _check_shape, _Field, _Grid, _segment_mask
 
 logger = logging.getLogger(__name__)
 
@@ -89,13 +90,8 @@ TISSUES: dict[str, int] = {
 }
 GENERATOR = "pipeline.data.lung"
 GENERATOR_VERSION = 1
-IMAGES_DIR, MASKS_DIR = "imagesTr", "masksTr"
 DEFAULT_SHAPE = (128, 128, 48)
 _T = TISSUES
-_IMAGE_RE = re.compile(r"^(?P<case>.+)_(?P<phase>\d{4})\.nii(?:\.gz)?$")
-_EXPECTED_LAYOUT = (
-    "expected the Learn2Reg lung CT layout: imagesTr/<case>_0000.nii[.gz] with masksTr/<case>_0000.nii[.gz]"
-)
 _HU_MIN, _HU_MAX = -1024, 3071
 _GENERATIONS = 7  # branchings after the trunk
 
@@ -681,7 +677,7 @@ def _sync_dataset_json(folder: Path, shape: tuple[int, int, int], seed: int, cas
     """Create or extend ``dataset.json``; refuse a folder holding phantoms of other settings or foreign files."""
     stray = [] if (folder / DATASET_JSON).exists() else sorted(
         f"{sub}/{p.name}" for sub in (IMAGES_DIR, MASKS_DIR) if (folder / sub).is_dir()
-        for p in (folder / sub).iterdir() if _IMAGE_RE.match(p.name))
+        for p in (folder / sub).iterdir() if LUNG_IMAGE_RE.match(p.name))
     sync_dataset_json(folder, lambda c: _dataset_description(shape, seed, c),
                       ("generator", "generator_version", "seed", "shape"), cases, stray)
 
@@ -730,84 +726,6 @@ def generate_lung_phantoms(out_dir: str | Path, num_cases: int = 18, shape: Sequ
             holding phantoms of other settings (per its ``dataset.json``) or images/masks without ``dataset.json``.
     """
     return _generate(out_dir, num_cases, shape, seed, start_index, overwrite, progress)[0]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Indexing the Learn2Reg lung layout
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _collect(folder: Path, phase: str | None) -> dict[str, Path]:
-    """Key -> NIfTI file in ``folder`` (``<case>`` for one phase, ``<case>_<phase>`` for all phases)."""
-    found: dict[str, Path] = {}
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        match = _IMAGE_RE.match(path.name)
-        if match is None or (phase is not None and match["phase"] != phase):
-            continue
-        key = match["case"] if phase is not None else f"{match['case']}_{match['phase']}"
-        if key in found:
-            raise LayoutError(f"{key} appears twice in {folder}: {found[key].name} and {path.name}")
-        found[key] = path
-    return found
-
-
-def index_lung(root: str | Path, require_labels: bool = True, phase: str | None = "0000") -> list[dict[str, str]]:
-    """Datalist of a folder in the Learn2Reg lung CT layout (``imagesTr/`` with ``masksTr/``).
-
-    Args:
-        root: dataset folder.
-        require_labels: demand a mask for every image; when False the ``"label"`` key is left out for images
-            without one.
-        phase: the four-digit image number to read (``"0000"``; Learn2Reg's second breathing phase is ``"0001"``);
-            None reads every image, naming the cases ``<case>_<phase>``.
-
-    Returns:
-        ``[{"image": ..., "label": ..., "case": "<case>"}, ...]`` sorted by case name.
-
-    Raises:
-        LayoutError: if the folder is missing or not a folder, has no ``imagesTr/``, no image of that phase, no
-            ``masksTr/`` or an image without its mask (when ``require_labels``), or a case twice (``.nii`` and
-            ``.nii.gz``).
-    """
-    if phase is not None and not re.fullmatch(r"\d{4}", str(phase)):
-        raise ValueError(f"phase must be four digits such as '0000' or None, got {phase!r}")
-    folder = Path(root).expanduser().absolute()
-    if not folder.exists():
-        raise LayoutError(f"lung CT folder {folder} does not exist")
-    if not folder.is_dir():
-        raise LayoutError(f"lung CT folder {folder} is not a folder")
-    images_dir, masks_dir = folder / IMAGES_DIR, folder / MASKS_DIR
-    if not images_dir.is_dir():
-        names = ", ".join(sorted(p.name for p in folder.iterdir())[:5]) or "nothing"
-        raise LayoutError(f"no {IMAGES_DIR}/ folder in {folder} (found: {names}); {_EXPECTED_LAYOUT}")
-    images = _collect(images_dir, phase)
-    if not images:
-        what = f"_{phase}" if phase is not None else "_NNNN"
-        raise LayoutError(f"no <case>{what}.nii[.gz] images in {images_dir}; {_EXPECTED_LAYOUT}")
-    if not masks_dir.is_dir():
-        if require_labels:
-            raise LayoutError(f"no {MASKS_DIR}/ folder in {folder} for the {len(images)} image(s) of "
-                              f"{IMAGES_DIR}/; {_EXPECTED_LAYOUT}")
-        masks: dict[str, Path] = {}
-    else:
-        masks = _collect(masks_dir, phase)
-    missing = sorted(set(images) - set(masks))
-    if missing and require_labels:
-        names = ", ".join(images[k].name for k in missing[:5])
-        raise LayoutError(f"{len(missing)} image(s) in {images_dir} lack a mask of the same name in {masks_dir}: "
-                          f"{names}{' ...' if len(missing) > 5 else ''}")
-    orphans = sorted(set(masks) - set(images))
-    if orphans:
-        logger.warning("%d mask(s) in %s have no image (e.g. %s); ignored", len(orphans), masks_dir,
-                       masks[orphans[0]].name)
-    datalist = []
-    for key in sorted(images):
-        entry = {"image": str(images[key])}
-        if key in masks:
-            entry["label"] = str(masks[key])
-        entry["case"] = key
-        datalist.append(entry)
-    return datalist
 
 
 # ----------------------------------------------------------------------------------------------------------------

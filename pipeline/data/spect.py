@@ -69,7 +69,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import secrets
 import shutil
 from collections.abc import Iterable, Sequence
@@ -83,8 +82,9 @@ from scipy import sparse
 from scipy.special import erf
 from tqdm import tqdm
 
+from pipeline.io.datasets import SPECT_CASE_RE, index_spect
+
 from ._writing import DATASET_JSON, nifti_image, sync_dataset_json
-from .lits import LayoutError
 
 logger = logging.getLogger(__name__)
 
@@ -100,14 +100,11 @@ __all__ = [
 
 GENERATOR = "pipeline.data.spect"
 GENERATOR_VERSION = 1
+_MIN_SIZE, _MAX_SIZE = 8, 512
 LABELS: dict[int, str] = {0: "background", 1: "bone"}
 FOV_MM = 64 * 4.42  # in-plane field of view: a 64-pixel matrix of 4.42 mm
 MU_PER_MM = {"air": 0.0, "soft": 0.015, "lung": 0.005, "bone": 0.025}  # 140 keV
 _TISSUE = {"air": 0, "soft": 1, "lung": 2, "kidney": 3, "bladder": 4, "bone": 5}
-_CASE_RE = re.compile(r"^case-(\d+)$")
-_RECON_RE = re.compile(r"^recon_osem(\d+)\.nii(?:\.gz)?$")
-_MIN_SIZE, _MAX_SIZE = 8, 512
-_EXPECTED_LAYOUT = "expected the bone SPECT layout: case-N/recon_osemK.nii[.gz] with case-N/bone.nii[.gz]"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -587,7 +584,7 @@ def _dataset_description(settings: dict[str, Any], cases: list[int]) -> dict[str
 
 def _sync_dataset_json(folder: Path, settings: dict[str, Any], cases: Sequence[int]) -> None:
     """Create or extend ``dataset.json``; refuse a folder holding cases of other settings or foreign cases."""
-    stray = [] if (folder / DATASET_JSON).exists() else sorted(p.name for p in folder.iterdir() if _CASE_RE.match(p.name))
+    stray = [] if (folder / DATASET_JSON).exists() else sorted(p.name for p in folder.iterdir() if SPECT_CASE_RE.match(p.name))
     sync_dataset_json(folder, lambda c: _dataset_description(settings, c),
                       ("generator", "generator_version", *settings), cases, stray)
 
@@ -648,62 +645,6 @@ def generate_spect_phantoms(out_dir: str | Path, num_cases: int = 8, shape: Sequ
     """
     settings = _settings(shape, seed, iterations, subsets, counts, angles, fwhm0, fwhm_slope)
     return _generate(out_dir, num_cases, settings, start_index, overwrite, progress, image_iterations)[0]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Indexing
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _find(folder: Path, stem: str) -> Path | None:
-    for suffix in (".nii.gz", ".nii"):
-        if (folder / f"{stem}{suffix}").is_file():
-            return folder / f"{stem}{suffix}"
-    return None
-
-
-def index_spect(root: str | Path, iterations: int = 5, require_labels: bool = True) -> list[dict[str, str]]:
-    """Datalist of a folder in the bone SPECT layout (``case-N/recon_osemK.nii[.gz]``, ``case-N/bone.nii[.gz]``).
-
-    Args:
-        root: dataset folder.
-        iterations: which reconstruction the ``"image"`` key points to; every reconstruction found is also given
-            as ``"image_osemK"``.
-        require_labels: demand ``bone.nii[.gz]`` in every case; when False the ``"label"`` key is left out for cases
-            without one.
-
-    Returns:
-        ``[{"image": ..., "label": ..., "case": "case-N", "image_osemK": ...}, ...]`` sorted by ``N``.
-
-    Raises:
-        LayoutError: if the folder is missing or not a folder, holds no ``case-N`` folders, or a case lacks the
-            requested reconstruction or (when ``require_labels``) its label.
-    """
-    folder = Path(root).expanduser().absolute()
-    if not folder.exists():
-        raise LayoutError(f"bone SPECT folder {folder} does not exist")
-    if not folder.is_dir():
-        raise LayoutError(f"bone SPECT folder {folder} is not a folder")
-    cases = sorted((int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CASE_RE.match(p.name)))
-    if not cases:
-        found = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-        what = f"found instead: {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}" if found else "it is empty"
-        raise LayoutError(f"no case-N folders under {folder}; {what}; {_EXPECTED_LAYOUT}")
-    datalist = []
-    for number, case in cases:
-        image, label = _find(case, f"recon_osem{int(iterations)}"), _find(case, "bone")
-        if image is None:
-            raise LayoutError(f"{case} lacks recon_osem{int(iterations)}.nii[.gz]; {_EXPECTED_LAYOUT}")
-        if label is None and require_labels:
-            raise LayoutError(f"{case} lacks bone.nii[.gz]; {_EXPECTED_LAYOUT}")
-        entry = {"image": str(image)}
-        if label is not None:
-            entry["label"] = str(label)
-        entry["case"] = f"case-{number}"
-        recons = sorted((int(m.group(1)), p) for p in case.iterdir() if (m := _RECON_RE.match(p.name)))
-        entry.update({f"image_osem{k}": str(p) for k, p in recons})
-        datalist.append(entry)
-    return datalist
 
 
 # ----------------------------------------------------------------------------------------------------------------

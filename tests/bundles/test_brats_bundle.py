@@ -18,8 +18,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.brats_table import PAPER_TABLE_V, beta_label, format_bias, format_sweep, read_test_metrics
-from pipeline.data import generate_brats_phantoms
+from pipeline.experiments.brats_table import PAPER_TABLE_V, beta_label, format_bias, format_sweep, read_test_metrics
+from pipeline.data.brats import generate_brats_phantoms
 from pipeline.paths import real_data_root
 
 from bundle_utils import isolated_env, run_bundle
@@ -137,7 +137,7 @@ def test_unsupervised_bias_mode_trains_without_labels(workspace):
 def test_beta_sweep_command_writes_table_and_runs(workspace):
     ws = workspace
     out = ws["root"] / "sweep"
-    cmd = [sys.executable, "-m", "pipeline.brats_table", "sweep", "--betas", "0", "1e-6", "--out", str(out),
+    cmd = [sys.executable, "-m", "pipeline.experiments.brats_table", "sweep", "--betas", "0", "1e-6", "--out", str(out),
            "--models", str(ws["root"] / "sweep_models"), *ws["common"], "--max_epochs", "1"]
     proc = subprocess.run(cmd, cwd=REPO, env=ws["env"], capture_output=True, encoding="utf-8", errors="replace",
                           timeout=900)
@@ -195,7 +195,7 @@ def test_real_eval_brats_on_the_deepmedic_sample(workspace):
     run_bundle(["--config_file", f"['{TRAIN}','{flair_t1ce}']", *ws["common"], "--ckpt_dir", str(models),
                 "--output_dir", str(ws["root"] / "ft_eval"), "--max_epochs", "1"], ws["env"])
     out = ws["root"] / "real"
-    cmd = [sys.executable, "-m", "pipeline.real_eval", "brats", "--out", str(out), "--ckpt_dir", str(models),
+    cmd = [sys.executable, "-m", "pipeline.experiments.real_eval", "brats", "--out", str(out), "--ckpt_dir", str(models),
            "--features", "4", "--num_threads", "2"]
     proc = subprocess.run(cmd, cwd=REPO, env=ws["env"], capture_output=True, encoding="utf-8", errors="replace",
                           timeout=900)
@@ -214,7 +214,7 @@ def test_real_eval_brats_on_the_deepmedic_sample(workspace):
     assert "dice_mean.grid2.5mm" in summary["metrics"]
     # the same model through the batch command: two modalities in the bundle's order, already z-scored input
     masks = ws["root"] / "real_masks"
-    cmd = [sys.executable, "-m", "pipeline.batch", "brats", "--input", str(_real_folder()), "--output", str(masks),
+    cmd = [sys.executable, "-m", "pipeline.inference.batch", "brats", "--input", str(_real_folder()), "--output", str(masks),
            "--modalities", "flair", "t1ce", "--ckpt_dir", str(models), "--features", "4", "--already_normalized",
            "true", "--num_threads", "2", "--no-progress"]
     proc = subprocess.run(cmd, cwd=REPO, env=ws["env"], capture_output=True, encoding="utf-8", errors="replace",

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.data import generate_lits_phantoms
+from pipeline.data.lits import generate_lits_phantoms
 
 from bundle_utils import isolated_env, run_bundle
 

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.data import generate_lung_phantoms
+from pipeline.data.lung import generate_lung_phantoms
 
 from bundle_utils import isolated_env, run_bundle
 
@@ -135,7 +135,7 @@ def test_inference_from_a_markers_file_keeps_geometry(workspace, m4, tmp_path):
 
 
 def test_table_command_writes_markdown_csv_and_a_run(workspace, tmp_path):
-    cmd = [sys.executable, "-m", "pipeline.selective_table", "lung", "--methods", "m2", "tv",
+    cmd = [sys.executable, "-m", "pipeline.experiments.selective_table", "lung", "--methods", "m2", "tv",
            "--eval-root", str(tmp_path / "eval"), *workspace["common"], "--tv_mu_grid", "[1.0]"]
     proc = subprocess.run(cmd, cwd=REPO, env=workspace["env"], capture_output=True,
                           encoding="utf-8", errors="replace", timeout=600)

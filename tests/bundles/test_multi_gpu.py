@@ -22,7 +22,10 @@ import torch
 from mlflow.entities import ViewType
 from monai.bundle import ConfigParser
 
-from pipeline.data import generate_brats_phantoms, generate_lits_phantoms, generate_lung_phantoms, generate_spect_phantoms
+from pipeline.data.brats import generate_brats_phantoms
+from pipeline.data.lits import generate_lits_phantoms
+from pipeline.data.lung import generate_lung_phantoms
+from pipeline.data.spect import generate_spect_phantoms
 
 from bundle_utils import isolated_env
 

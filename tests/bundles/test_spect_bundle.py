@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import generate_spect_phantoms
+from pipeline.data.spect import generate_spect_phantoms
 
 from bundle_utils import isolated_env, run_bundle
 

@@ -1,4 +1,4 @@
-"""``python -m pipeline.spect_table`` on tiny simulated data: table files, Otsu row and an MLflow run."""
+"""``python -m pipeline.experiments.spect_table`` on tiny simulated data: table files, Otsu row and an MLflow run."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import mlflow
 
-from pipeline.data import generate_spect_phantoms
+from pipeline.data.spect import generate_spect_phantoms
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ def test_spect_table_writes_markdown_csv_and_mlflow_run(tmp_path):
     env["VARSEG_MLRUNS"] = str(tmp_path / "mlruns")
     env["PYTHONWARNINGS"] = "ignore"
     out = tmp_path / "table"
-    cmd = [sys.executable, "-m", "pipeline.spect_table", "--out", str(out), "--modes", "1", "2",
+    cmd = [sys.executable, "-m", "pipeline.experiments.spect_table", "--out", str(out), "--modes", "1", "2",
            "--synthetic_dir", str(data), "--synthetic_cases", "4", "--synthetic_shape", "[32,32,8]",
            "--models_root", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
            "--features", "4", "--batch_size", "8", "--num_threads", "2", "--max_epochs", "1"]

@@ -1,4 +1,4 @@
-"""Tests of pipeline.baselines: energies against hand-computed values, monotone solvers, region recovery, bad input."""
+"""Tests of pipeline.selective.baselines: energies against hand-computed values, monotone solvers, region recovery, bad input."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.baselines import (
+from pipeline.selective.baselines import (
     BaselineResult,
     elastica_energy,
     elastica_segment,

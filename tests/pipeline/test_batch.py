@@ -21,10 +21,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pipeline.batch import BatchError, case_name, main, mask_name, run_batch
-from pipeline.layouts import index_inputs
-from pipeline.predictors import SelectivePredictor
-from pipeline.volumes import pseudonym
+from pipeline.inference.batch import BatchError, case_name, main, mask_name, run_batch
+from pipeline.io.layouts import index_inputs
+from pipeline.inference.predictors import SelectivePredictor
+from pipeline.io.volumes import pseudonym
 
 REPO = Path(__file__).resolve().parents[2]
 PRIVATE = ("DOE", "JOHN", "PID-12345", "19700101", "ACC-98765")
@@ -112,8 +112,8 @@ def _tiny_lits_checkpoint(path: Path, seed: int = 0, tune_on: Path | None = None
     torch.manual_seed(seed)
     net = networks.PolyphaseUNet(spatial_dims=2, in_channels=3, out_channels=3, features=4).eval()
     if tune_on is not None:
-        from pipeline.slicing import AdjacentSliceInferer
-        from pipeline.volumes import read_volume
+        from pipeline.inference.inferers import AdjacentSliceInferer
+        from pipeline.io.volumes import read_volume
 
         x = HUWindow(-124, 276)(torch.as_tensor(read_volume(tune_on).to_ras())[None]).as_tensor()
         inferer = AdjacentSliceInferer(3, 32, 16)
@@ -276,7 +276,7 @@ def test_overwrite_replaces_and_default_skips(tmp_path: Path) -> None:
 
 
 def _volume_and_entry(path: Path):
-    from pipeline.volumes import read_volume
+    from pipeline.io.volumes import read_volume
 
     return read_volume(path), {"case": "x"}
 
@@ -324,7 +324,7 @@ def test_label_geometry_missing_modality_and_markers_fail_their_case_only(tmp_pa
 
 
 def test_selective_markers_outside_the_image_fail_the_case(tmp_path: Path) -> None:
-    from pipeline.selective import SelectiveSlices
+    from pipeline.selective.samples import SelectiveSlices
 
     shape = (32, 32, 6)
     for name in ("inside", "outside", "nomarkers"):
@@ -467,7 +467,7 @@ def _former_lits_mask(image: Path, ckpt: Path) -> np.ndarray:
     from monai.transforms import (Activationsd, AsDiscreted, Compose, EnsureChannelFirstd, EnsureTyped, Invertd,
                                   LoadImaged, MapLabelValued, Orientationd)
 
-    from pipeline.slicing import AdjacentSliceInferer
+    from pipeline.inference.inferers import AdjacentSliceInferer
     from transforms import HUWindowd
 
     net = networks.PolyphaseUNet(spatial_dims=2, in_channels=3, out_channels=3, features=4)
@@ -531,7 +531,7 @@ def test_sigkill_halfway_then_rerun_finishes_the_rest(tmp_path: Path) -> None:
     _inputs(folder, 10, shape=(64, 64, 24))
     ckpt = _tiny_lits_checkpoint(tmp_path / "model.pt")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pipeline.batch", "lits", "--input", str(folder), "--output", str(out), "--no-mlflow",
+    cmd = [sys.executable, "-m", "pipeline.inference.batch", "lits", "--input", str(folder), "--output", str(out), "--no-mlflow",
            "--no-progress", "--ckpt_path", str(ckpt), "--features", "4", "--num_threads", "1"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -562,7 +562,7 @@ def test_sigkill_halfway_then_rerun_finishes_the_rest(tmp_path: Path) -> None:
 
 def test_brats_case_missing_a_modality_fails_alone_in_a_batch(tmp_path: Path) -> None:
     """A BraTS folder where one case lacks FLAIR: indexing for a batch keeps it, the batch fails that case only."""
-    from pipeline.layouts import LayoutError
+    from pipeline.io.layouts import LayoutError
 
     shape = (16, 16, 4)
     for case, modalities in (("BraTS20_Training_001", ("t1", "flair")), ("BraTS20_Training_002", ("t1",))):

@@ -10,9 +10,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.data import BRATS_MODALITY_NAMES, brats_affine, brats_datalist, generate_brats_phantoms, make_brats_case
+from pipeline.data.brats import (
+    BRATS_MODALITY_NAMES,
+    brats_affine,
+    brats_datalist,
+    generate_brats_phantoms,
+    make_brats_case,
+)
 from pipeline.data.brats import TISSUES, main
-from pipeline.layouts import LayoutError, index_brats, index_inputs
+from pipeline.io.layouts import LayoutError, index_brats, index_inputs
 
 SMALL = (40, 44, 32)
 REAL_SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/real/c_brain_mr/deepmedic_brats2015"

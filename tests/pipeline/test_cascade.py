@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import cascade
-from pipeline.data import generate_lits_phantoms
+from pipeline.experiments import cascade
+from pipeline.data.lits import generate_lits_phantoms
 from transforms import mask_region
 
 FRACTIONS = ["1/5", "1/2"]  # 8 cases -> 5 train / 1 val / 2 test; 1 and 2 (round(2.5)) labelled cases

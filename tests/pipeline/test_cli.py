@@ -15,7 +15,7 @@ from monai.handlers import ValidationHandler
 
 from pipeline import cli
 from pipeline.cli import main
-from pipeline.tracking import MLflowTracker
+from pipeline.training.tracking import MLflowTracker
 
 
 pytestmark = pytest.mark.usefixtures("fast_sqlite")

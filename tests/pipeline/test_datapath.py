@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.datapath import window_stack
-from pipeline.volumes import CaseError, read_nifti_array
+from pipeline.io.datapath import window_stack
+from pipeline.io.volumes import CaseError, read_nifti_array
 from transforms import HUWindow, StackAdjacentSlices
 
 

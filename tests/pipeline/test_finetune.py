@@ -1,4 +1,4 @@
-"""Unit tests of pipeline.finetune: freezing, checkpoint loading, labelled-slice subsets, label-only loss."""
+"""Unit tests of pipeline.training.finetune: freezing, checkpoint loading, labelled-slice subsets, label-only loss."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ import torch
 
 from losses import ActiveContourLabelLoss
 from networks import RCNN
-from pipeline.finetune import LabelledSlices, LabelOnlyLoss, freeze_blocks, load_weights, trainable_parameters, unlabelled
+from pipeline.training.finetune import (
+    LabelledSlices,
+    LabelOnlyLoss,
+    freeze_blocks,
+    load_weights,
+    trainable_parameters,
+    unlabelled,
+)
 
 
 def test_freeze_blocks_keeps_first_block_and_its_bn_stats():

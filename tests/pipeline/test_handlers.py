@@ -18,7 +18,7 @@ from monai.data import DataLoader, MetaTensor
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import CheckpointSaver, MeanDice, ValidationHandler
 
-from pipeline.handlers import OverlaySaver, PerCaseMetrics, RandomStates, TrainingCheckpoint, checkpoint_epoch
+from pipeline.training.handlers import OverlaySaver, PerCaseMetrics, RandomStates, TrainingCheckpoint, checkpoint_epoch
 
 
 # ----------------------------------------------------------------------------------------------- PerCaseMetrics
@@ -131,7 +131,7 @@ def test_missing_details_are_skipped(caplog: pytest.LogCaptureFixture, tmp_path:
     engine = _engine_with_details({"dice": torch.tensor([0.5])})
     handler = PerCaseMetrics(["dice", "hausdorff"], save_dir=tmp_path)
     handler.attach(engine)
-    with caplog.at_level(logging.WARNING, logger="pipeline.handlers"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.training.handlers"):
         engine.run([[{"case": "a"}]], max_epochs=1)
     assert "hausdorff" in caplog.text
     assert "hausdorff_std" not in engine.state.metrics
@@ -301,7 +301,7 @@ def test_resume_without_checkpoint_starts_from_scratch(tmp_path: Path, caplog: p
     trainer, *_ = _trainer(tmp_path, max_epochs=2, resume=True)
     epochs = []
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs.append(e.state.epoch))
-    with caplog.at_level(logging.WARNING, logger="pipeline.handlers"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.training.handlers"):
         trainer.run()
     assert "no checkpoint" in caplog.text
     assert epochs == [1, 2]
@@ -313,7 +313,7 @@ def test_new_training_archives_previous_checkpoints(tmp_path):
     import torch
     from ignite.engine import Engine
 
-    from pipeline.handlers import TrainingCheckpoint
+    from pipeline.training.handlers import TrainingCheckpoint
 
     (tmp_path / "checkpoint_epoch=20.pt").write_bytes(b"old")
     (tmp_path / "model.pt").write_bytes(b"old best")
@@ -371,7 +371,7 @@ def test_random_states_round_trip(generator: bool) -> None:
 def test_random_states_of_a_different_pipeline_are_skipped(caplog: pytest.LogCaptureFixture) -> None:
     saved = RandomStates(_augmented_loader()).state_dict()
     plain = DataLoader(_data(), batch_size=BATCH, shuffle=True)
-    with caplog.at_level(logging.WARNING, logger="pipeline.handlers"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.training.handlers"):
         RandomStates(plain).load_state_dict(saved)  # global states restored, transform states skipped
     assert "random generator" in caplog.text
     torch.testing.assert_close(torch.get_rng_state(), saved["torch"])
@@ -415,7 +415,7 @@ def test_resume_with_shuffling_and_augmentation_matches_uninterrupted(tmp_path: 
 def test_resume_from_a_checkpoint_without_random_states(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _shuffled_trainer(tmp_path, max_epochs=2, save_rng=False)[0].run()
     assert "rng" not in torch.load(tmp_path / "checkpoint_epoch=2.pt", weights_only=True)
-    with caplog.at_level(logging.WARNING, logger="pipeline.handlers"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.training.handlers"):
         trainer, *_ = _shuffled_trainer(tmp_path, max_epochs=3, resume=True)
         trainer.run()
     assert "no random generator states" in caplog.text
@@ -548,7 +548,7 @@ def test_resume_from_a_checkpoint_without_best_validation(tmp_path: Path, caplog
     first, before = _validated_trainer(tmp_path, max_epochs=2, best=False)
     first.run()
     assert "best_validation" not in torch.load(tmp_path / "checkpoint_epoch=2.pt", weights_only=True)
-    with caplog.at_level(logging.WARNING, logger="pipeline.handlers"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.training.handlers"):
         second, after = _validated_trainer(tmp_path, max_epochs=3, resume=True)
         second.run()
     assert "best score before the resume is unknown" in caplog.text
@@ -558,7 +558,7 @@ def test_resume_from_a_checkpoint_without_best_validation(tmp_path: Path, caplog
 def test_resume_with_the_best_model_file_missing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _validated_trainer(tmp_path, max_epochs=2)[0].run()
     (tmp_path / "model.pt").unlink()
-    with caplog.at_level(logging.WARNING, logger="pipeline.handlers"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.training.handlers"):
         second, after = _validated_trainer(tmp_path, max_epochs=3, resume=True)
         second.run()
     assert "not found" in caplog.text

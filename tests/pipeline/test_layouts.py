@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipeline.layouts import (
+from pipeline.io.layouts import (
     LAYOUTS,
     LayoutError,
     brats_modalities_available,
@@ -402,7 +402,7 @@ def dicom_folder(tmp_path: Path) -> Path:
 
 
 def test_dicom_folder_pseudonyms(dicom_folder: Path) -> None:
-    from pipeline.volumes import pseudonym, read_volume
+    from pipeline.io.volumes import pseudonym, read_volume
 
     uids = ["1.2.826.0.1.3680043.8.498.11", "1.2.826.0.1.3680043.8.498.22"]
     for layout in ("auto", "dicom"):

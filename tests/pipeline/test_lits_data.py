@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.data import (
-    LayoutError,
-    generate_lits_phantoms,
-    index_lits,
-    lits_datalist,
-    make_lits_case,
-    mark_labelled,
-    split_cases,
-)
+from pipeline.io.datasets import LayoutError, index_lits
+from pipeline.data.lits import generate_lits_phantoms, lits_datalist, make_lits_case
+from pipeline.data.splits import mark_labelled, split_cases
 from pipeline.data.lits import TISSUES, _render_case, main
 
 DEFAULT = (128, 128, 32)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.data import LayoutError, generate_lung_phantoms, index_lung, make_lung_case
+from pipeline.io.datasets import LayoutError, index_lung
+from pipeline.data.lung import generate_lung_phantoms, make_lung_case
 from pipeline.data.lung import TISSUES, _render_case, main
 
 
@@ -256,6 +257,6 @@ def test_index_layout_errors(tmp_path: Path) -> None:
 
 
 def test_layout_error_is_the_shared_one() -> None:
-    from pipeline.data.lits import LayoutError as LitsLayoutError
+    from pipeline.io.datasets import LayoutError as LitsLayoutError
 
     assert LayoutError is LitsLayoutError

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from pipeline.paths import real_data_root
-from pipeline.real_eval import LITS_CASES, LIVER_LABEL, SPECT_CASE, label_on_grid, main, spect_applicability
+from pipeline.experiments.real_eval import LITS_CASES, LIVER_LABEL, SPECT_CASE, label_on_grid, main, spect_applicability
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = real_data_root()
@@ -147,7 +147,7 @@ def test_spect_nm_file_is_not_applicable(tmp_path, capsys):
 
 @needs_real_ct
 def test_dicom_label_resampling_keeps_every_labelled_voxel():
-    from pipeline.volumes import read_volume
+    from pipeline.io.volumes import read_volume
 
     volume = read_volume(TS / "example_ct_dicom")
     labels, before, after = label_on_grid(TS / "example_seg_dicom.nii.gz", volume)
@@ -166,7 +166,7 @@ def test_dicom_label_resampling_keeps_every_labelled_voxel():
 
 def test_missing_real_folder_exits_2_with_one_line(tmp_path):
     env = {**os.environ, "VARSEG_REAL_DATA": str(tmp_path / "absent")}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.real_eval", "lits", "--no-mlflow"], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "pipeline.experiments.real_eval", "lits", "--no-mlflow"], cwd=REPO, env=env,
                           capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

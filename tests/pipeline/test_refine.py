@@ -14,11 +14,8 @@ import torch
 import torch.nn as nn
 
 from networks import QualityUNet
-from pipeline.refine import (
-    RefineCase,
-    RefinePredictor,
-    RefineSliceDataset,
-    RefinementWorkflow,
+from pipeline.refine.workflow import RefineCase, RefineSliceDataset, RefinementWorkflow
+from pipeline.refine.iteration import (
     choose_k,
     iterate_refinement,
     pearson_r,
@@ -27,6 +24,7 @@ from pipeline.refine import (
     volume_dice,
     volume_quality,
 )
+from pipeline.refine.predictors import RefinePredictor
 
 
 @pytest.fixture(autouse=True)
@@ -227,7 +225,7 @@ class _BaseNet(nn.Module):
 
 
 def _workflow(tmp_path: Path, base_ckpt: Path, **kwargs) -> RefinementWorkflow:
-    from pipeline.slicing import AdjacentSliceInferer
+    from pipeline.inference.inferers import AdjacentSliceInferer
     from transforms import RandImperfectMaskd
 
     def entry(i: int) -> dict:
@@ -293,9 +291,9 @@ def test_workflow_end_to_end(tmp_path: Path, self_training: str) -> None:
 
 
 def test_refine_predictor_fills_the_batch_quality_column(tmp_path: Path) -> None:
-    from pipeline.batch import run_batch
-    from pipeline.layouts import index_inputs
-    from pipeline.predictors import SlicePredictor
+    from pipeline.inference.batch import run_batch
+    from pipeline.io.layouts import index_inputs
+    from pipeline.inference.predictors import SlicePredictor
 
     rng = np.random.default_rng(0)
     image = rng.normal(0, 0.1, (16, 16, 3)).astype(np.float32)
@@ -328,8 +326,8 @@ def test_refine_predictor_fills_the_batch_quality_column(tmp_path: Path) -> None
                                                      (True, False, (2, False))])
 def test_refine_predictor_follows_the_validation_choice_of_early_stop(tmp_path: Path, stored, asked, expected) -> None:
     """None follows the checkpoint's recommendation (True for checkpoints without one); True/False override it."""
-    from pipeline.predictors import SlicePredictor
-    from pipeline.refine import load_refinement
+    from pipeline.inference.predictors import SlicePredictor
+    from pipeline.refine.predictors import load_refinement
 
     net = QualityUNet(spatial_dims=2, in_channels=1, features=2, levels=3)
     state = {"model": net.state_dict(), "k": 2, "k_early_stop": 4}
@@ -345,7 +343,7 @@ def test_refine_predictor_follows_the_validation_choice_of_early_stop(tmp_path: 
 
 
 def test_refine_predictor_missing_checkpoint(tmp_path: Path) -> None:
-    from pipeline.predictors import SlicePredictor
+    from pipeline.inference.predictors import SlicePredictor
 
     base = SlicePredictor(_BaseNet(), None, lambda x, s: x, lambda out: out[0] > 0, num_slices=1, divisible=1)
     predictor = RefinePredictor(base, QualityUNet(spatial_dims=2, in_channels=1, features=2, levels=3),
@@ -357,7 +355,7 @@ def test_refine_predictor_missing_checkpoint(tmp_path: Path) -> None:
 def test_batch_refine_flag_needs_a_refinement_stage(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A bundle without configs/refine_inference.json: --refine exits 2 naming the missing file."""
-    from pipeline.batch import main
+    from pipeline.inference.batch import main
 
     configs = tmp_path / "bundles" / "plain" / "configs"
     configs.mkdir(parents=True)
@@ -370,7 +368,7 @@ def test_batch_refine_flag_needs_a_refinement_stage(tmp_path: Path, capsys: pyte
 
 def test_refine_configs_parse() -> None:
     """The shipped refine configs resolve: variant names, base checkpoints, the network they build."""
-    from pipeline.refine_table import resolve
+    from pipeline.experiments.refine_table import resolve
 
     ckpt, variant, net = resolve("lits", [], "base_ckpt", "refine_variant", "refine_network_def")
     assert ckpt.endswith("bundles/lits/models/model.pt") and variant == "q"
@@ -382,7 +380,7 @@ def test_refine_configs_parse() -> None:
 
 def test_refine_configs_parse_brats_and_lung() -> None:
     """BraTS refines its 12-channel input; the lung stage refines (f, G) slices of its M4 model."""
-    from pipeline.refine_table import resolve
+    from pipeline.experiments.refine_table import resolve
 
     ckpt, net = resolve("brats", [], "base_ckpt", "refine_network_def")
     assert ckpt.endswith("bundles/brats/models/model.pt") and net().in_channels == 12
@@ -412,7 +410,7 @@ class _GeodesicNet(nn.Module):
 
 @pytest.fixture(scope="module")
 def lung_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipeline.data import generate_lung_phantoms
+    from pipeline.data.lung import generate_lung_phantoms
 
     out = tmp_path_factory.mktemp("lung")
     generate_lung_phantoms(out, num_cases=3, shape=(48, 48, 10), seed=0, progress=False)
@@ -425,7 +423,8 @@ def _lung_datalist(lung_dir: Path) -> list[dict]:
 
 
 def test_lung_slices_become_one_slice_cases(lung_dir: Path) -> None:
-    from pipeline.selective import SelectiveSlices, SliceStackInferer, refine_entries
+    from pipeline.selective.samples import SelectiveSlices, refine_entries
+    from pipeline.selective.padding import SliceStackInferer
 
     datalist = _lung_datalist(lung_dir)
     slicer = SelectiveSlices(progress=False)
@@ -454,11 +453,12 @@ def test_lung_slices_become_one_slice_cases(lung_dir: Path) -> None:
 def test_lung_workflow_and_predictor_quality(lung_dir: Path, tmp_path: Path) -> None:
     """The workflow runs on selective one-slice cases; the predictor writes the quality column per volume."""
     import losses
-    from pipeline.batch import run_batch
-    from pipeline.layouts import index_inputs
-    from pipeline.predictors import SelectivePredictor
-    from pipeline.refine import SelectiveRefinePredictor
-    from pipeline.selective import SelectiveSlices, SliceStackInferer, refine_entries
+    from pipeline.inference.batch import run_batch
+    from pipeline.io.layouts import index_inputs
+    from pipeline.inference.predictors import SelectivePredictor
+    from pipeline.refine.predictors import SelectiveRefinePredictor
+    from pipeline.selective.samples import SelectiveSlices, refine_entries
+    from pipeline.selective.padding import SliceStackInferer
     from transforms import RandImperfectMaskd
 
     datalist = _lung_datalist(lung_dir)
@@ -510,7 +510,7 @@ def test_lung_workflow_and_predictor_quality(lung_dir: Path, tmp_path: Path) -> 
 
 def test_refine_table_format_and_csv(tmp_path: Path) -> None:
     """One row per variant with the chosen k, '–' for an undefined r, and the inference choice spelled out."""
-    from pipeline.refine_table import format_table, write_csv
+    from pipeline.experiments.refine_table import format_table, write_csv
 
     def summary(rec: bool, r: float) -> dict:
         return {"num_test_cases": 3, "num_val_cases": 2, "max_iterations": 2, "test_dice_per_k": [0.5, 0.7, 0.6],

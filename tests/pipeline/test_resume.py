@@ -32,9 +32,9 @@ from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import ValidationHandler
 
-from pipeline.data import generate_lits_phantoms
-from pipeline.handlers import TrainingCheckpoint
-from pipeline.tracking import MLflowTracker
+from pipeline.data.lits import generate_lits_phantoms
+from pipeline.training.handlers import TrainingCheckpoint
+from pipeline.training.tracking import MLflowTracker
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = str(REPO / "bundles" / "lits" / "configs" / "train.json")

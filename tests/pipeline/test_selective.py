@@ -10,20 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import generate_lung_phantoms
-from pipeline.selective import (
-    PaddedInferer,
-    SelectiveSlices,
-    TrainingBatch,
-    dice_jaccard,
-    dip_segment,
-    evaluate_masks,
-    infer,
-    loader_samples,
-    predict_mask,
-    segment_volume,
-    split_selective,
-)
+from pipeline.data.lung import generate_lung_phantoms
+from pipeline.data.splits import split_selective
+from pipeline.inference.batch import run_batch
+from pipeline.inference.predictors import SelectivePredictor, segment_selective
+from pipeline.io.volumes import CaseError, read_volume
+from pipeline.selective.evaluation import dice_jaccard, evaluate_masks, predict_mask
+from pipeline.selective.padding import PaddedInferer, TrainingBatch
+from pipeline.selective.per_image import dip_segment
+from pipeline.selective.samples import SelectiveSlices, loader_samples
 
 
 def _disc_slice(size: int = 64, radius: float = 14.0, centre: tuple[float, float] = (30.0, 34.0)):
@@ -203,45 +198,46 @@ def test_volume_inference_keeps_geometry_and_world_position(lung_dir, tmp_path):
     markers = tmp_path / "clicks.csv"
     markers.write_text("x,y,z\n" + "".join(f"{w[0]},{w[1]},{w[2]}\n" for w in world))
     slicer = SelectiveSlices(progress=False)
-    mask, ref = segment_volume(image, markers, _predict_by_distance, slicer, markers_space="RAS")
+    mask = segment_selective(read_volume(image), markers, _predict_by_distance, slicer, markers_space="RAS")
     assert mask.shape == img.shape and mask.dtype == np.uint8
     assert mask[:, :, z].sum() > 0 and mask.sum() == mask[:, :, z].sum()  # only the clicked slice
     assert dice_jaccard(mask[:, :, z], label[:, :, z])[0] > 0.7
     # the same clicks on an LPS-ordered copy give the same voxels in world space
     lps = tmp_path / "lps.nii.gz"
     _lps_copy(image, lps)
-    mask_lps, img_lps = segment_volume(lps, markers, _predict_by_distance, slicer, markers_space="RAS")
+    mask_lps = segment_selective(read_volume(lps), markers, _predict_by_distance, slicer, markers_space="RAS")
     np.testing.assert_array_equal(mask_lps[::-1, ::-1], mask)
-    # written through the batch entry point: input affine and shape kept, no silent overwrite
-    out = tmp_path / "out"
-    written = infer(lps, markers, out, _predict_by_distance, slicer, markers_space="RAS")
-    saved = nib.load(str(written[0]))
-    assert saved.shape == img_lps.shape and np.allclose(saved.affine, img_lps.affine)
+    # written through the batch runner: input affine and shape kept, an existing mask skipped, not overwritten
+    predictor = SelectivePredictor(None, None, "geodesic", slicer, markers_space="RAS",
+                                   sample_predict=_predict_by_distance)
+    entries = [{"image": str(lps), "case": "lps"}]
+    report = run_batch(entries, predictor, tmp_path / "out", "sel", progress=False, markers=markers)
+    assert report.done == 1
+    saved = nib.load(str(tmp_path / "out" / "lps_sel.nii.gz"))
+    lps_img = nib.load(str(lps))
+    assert saved.shape == lps_img.shape and np.allclose(saved.affine, lps_img.affine)
     np.testing.assert_array_equal(np.asarray(saved.dataobj), mask_lps)
-    with pytest.raises(FileExistsError, match="already exist"):
-        infer(lps, markers, out, _predict_by_distance, slicer, markers_space="RAS")
+    again = run_batch(entries, predictor, tmp_path / "out", "sel", progress=False, markers=markers)
+    assert again.done == 0 and again.skipped == 1
 
 
 def test_volume_inference_rejects_bad_inputs(lung_dir, tmp_path):
-    image = lung_dir / "imagesTr" / "lung_002_0000.nii.gz"
-    img = nib.load(str(image))
+    image = read_volume(lung_dir / "imagesTr" / "lung_002_0000.nii.gz")
     outside = tmp_path / "outside.csv"
     outside.write_text("i,j,k\n5,5,5\n500,5,5\n")
-    with pytest.raises(ValueError, match="outside"):
-        segment_volume(image, outside, _predict_by_distance, SelectiveSlices(progress=False))
-    flat = tmp_path / "flat.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.float32), img.affine), str(flat))
-    with pytest.raises(ValueError, match="3D volume"):
-        segment_volume(flat, outside, _predict_by_distance, SelectiveSlices(progress=False))
-    with pytest.raises(ValueError, match="no markers"):
-        infer(image, "", tmp_path / "o", _predict_by_distance, SelectiveSlices(progress=False))
+    with pytest.raises(CaseError, match="outside"):
+        segment_selective(image, outside, _predict_by_distance, SelectiveSlices(progress=False))
+    flat = tmp_path / "flat.csv"
+    flat.write_text("i,j\n5,5\n6,6\n")
+    with pytest.raises(CaseError, match="unusable markers file: points have 2 coordinates"):
+        segment_selective(image, flat, _predict_by_distance, SelectiveSlices(progress=False))
 
 
 def test_flip_augmentation_flips_the_maps_per_epoch_and_keeps_the_batch():
     """With flip_augmentation the loss sees the maps under random flips; the stored training batch is untouched."""
     import losses
     import networks
-    from pipeline.selective import SelectiveTrainer
+    from pipeline.training.engines import SelectiveTrainer
 
     t = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
     flags = torch.tensor([[True, False], [True, True]])

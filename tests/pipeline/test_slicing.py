@@ -11,7 +11,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from pipeline.slicing import AdjacentSliceInferer, SliceDataset
+from pipeline.inference.inferers import AdjacentSliceInferer
+from pipeline.training.slicing import SliceDataset
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -9,7 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.data import LayoutError, SpectProjector, generate_spect_phantoms, index_spect, make_spect_case, osem
+from pipeline.io.datasets import LayoutError, index_spect
+from pipeline.data.spect import SpectProjector, generate_spect_phantoms, make_spect_case, osem
 from pipeline.data.spect import _render_phantom, main, spect_spacing
 
 SMALL = (24, 24, 16)

@@ -15,8 +15,8 @@ from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import ValidationHandler
 
-from pipeline import tracking
-from pipeline.tracking import MLflowTracker, flatten_params, make_run_name, tracking_uri
+from pipeline.training import tracking
+from pipeline.training.tracking import MLflowTracker, flatten_params, make_run_name, tracking_uri
 
 
 pytestmark = pytest.mark.usefixtures("fast_sqlite")
@@ -395,7 +395,7 @@ def test_resume_of_a_missing_run_creates_a_new_one(store: Path, experiment: str,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     tracker = MLflowTracker(experiment)
     tracker.resume_run("0123456789abcdef0123456789abcdef", epoch=2)
-    with caplog.at_level("WARNING", logger="pipeline.tracking"):
+    with caplog.at_level("WARNING", logger="pipeline.training.tracking"):
         _engines(tracker)[0].run()
     assert "cannot continue MLflow run" in caplog.text
     (run,) = _runs(experiment)

@@ -1,4 +1,4 @@
-"""Tests of pipeline.volumes: reading NIfTI/DICOM inputs with validation and writing masks in the input's geometry."""
+"""Tests of pipeline.io.volumes: reading NIfTI/DICOM inputs with validation and writing masks in the input's geometry."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipeline import volumes
+from pipeline.io import volumes
 from pipeline.paths import real_data_root
-from pipeline.volumes import (
+from pipeline.io.volumes import (
     CaseError,
     Volume,
     clean_stale_temporaries,
@@ -216,7 +216,7 @@ def test_4d_with_singleton_axis_is_squeezed_and_larger_4d_rejected(tmp_path: Pat
 def test_dicom_series_reads_hu_with_pseudonym_and_no_identifiers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="pipeline.volumes")
+    caplog.set_level(logging.DEBUG, logger="pipeline.io.volumes")
     folder = tmp_path / PATIENT_FOLDER
     hu = _hu_volume(6, 5, 4)
     files = _dicom_series(folder, hu, UID_A)

@@ -1,10 +1,10 @@
 """Volume predictors of the bundles for batch inference: ``predict(volume, entry) -> mask``.
 
-Each predictor takes a :class:`pipeline.volumes.Volume` (or a list of them, one per modality, sharing one geometry)
+Each predictor takes a :class:`pipeline.io.volumes.Volume` (or a list of them, one per modality, sharing one geometry)
 and returns an integer mask with the first volume's shape, in that volume's own voxel order, so
-:func:`pipeline.volumes.write_mask` can save it in the input's exact geometry. Inside, every predictor works on the
+:func:`pipeline.io.volumes.write_mask` can save it in the input's exact geometry. Inside, every predictor works on the
 RAS-reoriented array exactly like the bundles' MONAI pipelines did (``LoadImaged`` → ``Orientationd("RAS")`` →
-intensity transform → :class:`pipeline.slicing.AdjacentSliceInferer` → post-processing → ``Invertd``):
+intensity transform → :class:`pipeline.inference.inferers.AdjacentSliceInferer` → post-processing → ``Invertd``):
 
 * :func:`lits_predictor`: fixed HU window, 2.5D polyphase U-Net, softmax, argmax, class → label map;
 * :func:`brats_predictor`: per-modality z-score inside the brain (or clip already z-scored input), 2.5D polyphase
@@ -13,7 +13,7 @@ intensity transform → :class:`pipeline.slicing.AdjacentSliceInferer` → post-
 * :class:`SelectivePredictor`: the lung (selective) VM-Net on every axial slice that holds clicks from the case's
   markers file (``entry["markers"]``).
 
-Checkpoints are loaded by :meth:`load` (called once by :func:`pipeline.batch.execute` after it has checked that the
+Checkpoints are loaded by :meth:`load` (called once by :func:`pipeline.inference.batch.execute` after it has checked that the
 file exists), so building a predictor from a config never touches the disk.
 """
 
@@ -104,7 +104,7 @@ class SlicePredictor:
         progress: bool = False,
         inferer: Any = None,
     ) -> None:
-        from pipeline.slicing import AdjacentSliceInferer
+        from pipeline.inference.inferers import AdjacentSliceInferer
 
         self.network = network
         self.ckpt_path = ckpt_path
@@ -187,7 +187,7 @@ def brats_predictor(
 ) -> SlicePredictor:
     """The BraTS predictor: per-modality normalisation, 2.5D network, softmax, argmax, class ``c`` → label.
 
-    The volumes come in the order of ``modalities`` (one :class:`pipeline.volumes.Volume` each, sharing one
+    The volumes come in the order of ``modalities`` (one :class:`pipeline.io.volumes.Volume` each, sharing one
     geometry). Each is z-scored inside the brain ("any modality > 0"), or only clipped when the input is
     ``already_normalized`` (e.g. the DeepMedic copy of BraTS 2015), as :class:`transforms.NormalizeModalitiesd`
     does in training. ``target_labels[c]`` is the saved label of class ``c`` (default: 1 = complete tumour).
@@ -252,7 +252,7 @@ def segment_selective(
     markers_space: str | None = None,
     case: str | None = None,
 ) -> np.ndarray:
-    """Segment the object marked in ``markers_path`` on a :class:`pipeline.volumes.Volume`.
+    """Segment the object marked in ``markers_path`` on a :class:`pipeline.io.volumes.Volume`.
 
     The logic of :func:`pipeline.selective.segment_volume` on an already read volume: the markers (CSV or 3D Slicer
     ``.mrk.json``, voxel or RAS/LPS coordinates) are mapped to voxels with the volume's RAS affine, grouped by axial
@@ -262,7 +262,7 @@ def segment_selective(
     Raises:
         CaseError: markers outside the image, an unreadable markers file or markers that are not 3D.
     """
-    from pipeline.volumes import CaseError
+    from pipeline.io.volumes import CaseError
     from transforms import read_markers
 
     case = case or str(getattr(volume, "case", "case"))
@@ -292,13 +292,13 @@ def segment_selective(
 class SelectivePredictor:
     """The lung (selective) predictor: a trained VM-Net on the clicked slices of each case.
 
-    ``entry["markers"]`` (set by :func:`pipeline.batch.run_batch` from ``--markers``) is the case's markers file.
+    ``entry["markers"]`` (set by :func:`pipeline.inference.batch.run_batch` from ``--markers``) is the case's markers file.
 
     Args:
         network: the VM-Net.
         ckpt_path: its checkpoint (loaded by :meth:`load`).
         guidance: ``"polygon"`` or ``"geodesic"`` (second network input).
-        slicer: a :class:`pipeline.selective.SelectiveSlices` (window, geodesic, edge and fitting settings).
+        slicer: a :class:`pipeline.selective.samples.SelectiveSlices` (window, geodesic, edge and fitting settings).
         divisible: pad slices to a multiple of this.
         device: where the network runs.
         markers_space: coordinate system of CSV ``x,y,z`` markers (``"RAS"``, ``"LPS"`` or ``"voxel"``).
@@ -331,7 +331,8 @@ class SelectivePredictor:
         """Load the VM-Net checkpoint (nothing to do with a ``sample_predict``)."""
         if self._predict is not None:
             return
-        from pipeline.selective import loader_samples, predict_mask
+        from pipeline.selective.samples import loader_samples
+        from pipeline.selective.evaluation import predict_mask
 
         if self.network is None:
             raise RuntimeError("SelectivePredictor needs a network or a sample_predict")
@@ -345,7 +346,7 @@ class SelectivePredictor:
         self._predict = _predict
 
     def __call__(self, volume: Any, entry: Mapping[str, Any] | None = None) -> np.ndarray:
-        from pipeline.volumes import CaseError
+        from pipeline.io.volumes import CaseError
 
         if self._predict is None:
             self.load()

@@ -4,7 +4,7 @@
   generated on first use.
 * :func:`unlabelled` - copies of a datalist with ``labelled = False`` on every case (Mode 1).
 * :func:`prepare_finetune` - load an initial checkpoint into a network and freeze its first block(s) (Modes 2, 3).
-* :class:`LabelledSlices` - the first ``n`` slice samples of a :class:`pipeline.slicing.SliceDataset` whose label
+* :class:`LabelledSlices` - the first ``n`` slice samples of a :class:`pipeline.training.slicing.SliceDataset` whose label
   contains foreground, all flagged labelled (Modes 2, 3: 10 or 80 labelled slices).
 * :class:`LabelOnlyLoss` - ``loss(pred, image, label, labelled)`` with only the active-contour label term.
 """
@@ -38,7 +38,8 @@ def spect_datalist(dataset_dir: str | Path | None, synthetic_dir: str | Path, nu
         num_cases, shape, seed: phantom settings (``seed`` is the data seed, separate from the training seed).
         iterations: OS-EM iterations of the reconstruction used as ``"image"`` (2 or 5 for the phantoms).
     """
-    from pipeline.data.spect import generate_spect_phantoms, index_spect
+    from pipeline.data.spect import generate_spect_phantoms
+    from pipeline.io.datasets import index_spect
 
     if dataset_dir is not None and str(dataset_dir).strip() not in ("", "synthetic"):
         return index_spect(dataset_dir, iterations=int(iterations))
@@ -106,7 +107,7 @@ class LabelledSlices(Dataset):
     foreground slices (all training cases contribute).
 
     Args:
-        dataset: a :class:`pipeline.slicing.SliceDataset` of the training split (its labels are read).
+        dataset: a :class:`pipeline.training.slicing.SliceDataset` of the training split (its labels are read).
         num_slices: number of labelled slices.
         order: ``"first"`` or ``"spread"``.
         min_foreground: minimum number of foreground pixels for a slice to count as labelled.

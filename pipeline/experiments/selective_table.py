@@ -13,8 +13,8 @@ values) and gathers the overlay PNG of each method for the first test image, all
 Command line (further ``--key value`` pairs go to every bundle run, e.g. ``--max_epochs 100``; ``--output_dir`` is set
 per method to ``<eval-root>/<method>``)::
 
-    python -m pipeline.selective_table lung [--methods m1 m2 m3 m4 tv elastica dip] [--out DIR] [--skip-train]
-    python -m pipeline.selective_table lits
+    python -m pipeline.experiments.selective_table lung [--methods m1 m2 m3 m4 tv elastica dip] [--out DIR] [--skip-train]
+    python -m pipeline.experiments.selective_table lits
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.bundle_runs import override_dict as _override_dict
-from pipeline.bundle_runs import run_bundle as _run_bundle
-from pipeline.selective import METHODS, TRAINED_METHODS
-from pipeline.tracking import MLflowTracker, make_run_name
+from pipeline.experiments.bundle_runs import override_dict as _override_dict
+from pipeline.experiments.bundle_runs import run_bundle as _run_bundle
+from pipeline.selective.samples import METHODS, TRAINED_METHODS
+from pipeline.training.tracking import MLflowTracker, make_run_name
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ def _parser(files: Sequence[str], overrides: Sequence[str]) -> Any:
 
 def validation_dice(files: Sequence[str], overrides: Sequence[str], ckpt_path: str | Path) -> float:
     """Mean Dice of the VM-Net checkpoint ``ckpt_path`` on the validation images of the merged config."""
-    from pipeline.selective import dice_jaccard, loader_samples, predict_mask
+    from pipeline.selective.evaluation import dice_jaccard, predict_mask
+    from pipeline.selective.samples import loader_samples
 
     parser = _parser(files, overrides)
     network = parser.get_parsed_content("network_def")
@@ -168,7 +169,7 @@ def format_table(dataset: str, results: dict[str, dict[str, list[float]]], secon
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.selective_table", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.experiments.selective_table", description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", choices=["lung", "lits"], help="lung bundle or the LiTS bundle's selective mode")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--eval-root", default=None,

@@ -19,7 +19,7 @@ are written and logged as one more MLflow run (tag ``workflow = table``).
 
 Command line (further ``--key value`` pairs override every bundle run, e.g. ``--lesion_max_epochs 5``)::
 
-    python -m pipeline.cascade [--fractions 1/23 1/10 1/3] [--single-stage | --no-single-stage] [--out DIR]
+    python -m pipeline.experiments.cascade [--fractions 1/23 1/10 1/3] [--single-stage | --no-single-stage] [--out DIR]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.bundle_runs import override_dict as _override_dict
+from pipeline.experiments.bundle_runs import override_dict as _override_dict
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def with_liver_masks(cases: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[
         raise FileNotFoundError(
             f"{len(missing)} predicted liver mask(s) missing, e.g. {missing[0]}: run the liver stage's evaluation "
             "first (configs train.json, cascade/common.json, cascade/liver.json, evaluate.json, "
-            "cascade/liver_evaluate.json with the same labelled_fraction), or python -m pipeline.cascade"
+            "cascade/liver_evaluate.json with the same labelled_fraction), or python -m pipeline.experiments.cascade"
         )
     return out
 
@@ -349,7 +349,7 @@ def write_table(results: Sequence[Mapping[str, Any]], out: Path) -> tuple[Path, 
 def log_table(results: Sequence[Mapping[str, Any]], files: Sequence[Path], params: Mapping[str, Any],
               experiment: str = EXPERIMENT) -> str:
     """One MLflow run (tag ``workflow = table``) with per-fraction metrics and the table files; returns its id."""
-    from pipeline.tracking import MLflowTracker, make_run_name
+    from pipeline.training.tracking import MLflowTracker, make_run_name
 
     tracker = MLflowTracker(experiment, run_name=make_run_name("lits", "cascade-table"), bundle="lits",
                             params=params, tags={"method": "cascade", "workflow": "table"}, log_config=False)
@@ -371,8 +371,8 @@ def log_table(results: Sequence[Mapping[str, Any]], files: Sequence[Path], param
     return run_id
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.cascade") -> int:
-    """Command-line entry point (``python -m pipeline.cascade``, ``varseg cascade``); returns the exit status."""
+def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.experiments.cascade") -> int:
+    """Command-line entry point (``python -m pipeline.experiments.cascade``, ``varseg cascade``); returns the exit status."""
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__.split("\n\n")[0],
         epilog="Any other --key value pair overrides every bundle run, e.g. --lesion_max_epochs 5 or "

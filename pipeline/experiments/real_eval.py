@@ -1,6 +1,6 @@
 """Evaluate a trained bundle on the small real sample cases that fit it.
 
-    python -m pipeline.real_eval <lits|lung|spect|brats> [--real-data DIR] [--out DIR] [--method m4|mode1] [--no-mlflow]
+    python -m pipeline.experiments.real_eval <lits|lung|spect|brats> [--real-data DIR] [--out DIR] [--method m4|mode1] [--no-mlflow]
         [--key value ...]
 
 The real-data folder (``--real-data``, else ``VARSEG_REAL_DATA``, else ``../shared/data/real``; see
@@ -16,7 +16,7 @@ that fit a bundle are used, and only the comparisons their labels allow:
   nearest neighbour, :func:`label_on_grid`): the DICOM label is stored LAS while the series reads LPS.
 * **lung** (selective): the left-lung labels {10, 11} of ``example_seg.nii.gz`` on ``example_ct_sm.nii.gz`` (lung
   bases only). On each of up to 3 axial slices (RAS) with the largest left-lung region, clicks are simulated inside
-  that region with the bundle's slicer settings (seeded as :meth:`pipeline.selective.SelectiveSlices.from_volume`
+  that region with the bundle's slicer settings (seeded as :meth:`pipeline.selective.samples.SelectiveSlices.from_volume`
   seeds them), then the trained VM-Net (``--method``, default m4) and the per-image TV baseline (the bundle's TV
   settings, ``mu`` = the middle of ``tv_mu_grid``) segment it; Dice and Jaccard against the region, per slice.
 * **brats**: the four BraTS 2015 cases of ``c_brain_mr/deepmedic_brats2015/`` (FLAIR and T1c only, already z-scored
@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger("pipeline.real_eval")
+logger = logging.getLogger("pipeline.experiments.real_eval")
 
 __all__ = [
     "BUNDLES",
@@ -155,18 +155,18 @@ def label_on_grid(label_path: str | Path, volume: Any) -> tuple[np.ndarray, int,
 
     Args:
         label_path: the label file (NIfTI or another format SimpleITK reads).
-        volume: a :class:`pipeline.volumes.Volume` (its ``reference`` gives the target grid).
+        volume: a :class:`pipeline.io.volumes.Volume` (its ``reference`` gives the target grid).
 
     Returns:
         ``(labels, labelled_before, labelled_after)``: the label array in the volume's own voxel order (shape
         ``volume.shape``, integer values), and the number of non-zero voxels in the label file and on the grid.
 
     Raises:
-        pipeline.volumes.CaseError: naming the label file when it cannot be read or is not a scalar 3D image.
+        pipeline.io.volumes.CaseError: naming the label file when it cannot be read or is not a scalar 3D image.
     """
     import SimpleITK as sitk
 
-    from pipeline.volumes import CaseError
+    from pipeline.io.volumes import CaseError
 
     path = Path(label_path)
     try:
@@ -190,7 +190,7 @@ def spect_applicability(path: str | Path) -> tuple[str, str | None]:
 
     The header is read with SimpleITK (dimension, size, modality, number of frames, ImageType, SOP class); DICOM
     files that are planar (one frame) or whose ImageType is not ``RECON TOMO`` are not applicable, and so is a file
-    :func:`pipeline.volumes.read_volume` rejects. Non-DICOM files (NIfTI...) need a third axis longer than 1.
+    :func:`pipeline.io.volumes.read_volume` rejects. Non-DICOM files (NIfTI...) need a third axis longer than 1.
 
     Args:
         path: the file.
@@ -201,7 +201,7 @@ def spect_applicability(path: str | Path) -> tuple[str, str | None]:
     """
     import SimpleITK as sitk
 
-    from pipeline.volumes import CaseError, is_dicom_file, pseudonym, read_volume
+    from pipeline.io.volumes import CaseError, is_dicom_file, pseudonym, read_volume
 
     path = Path(path)
     dicom = is_dicom_file(path)
@@ -253,11 +253,11 @@ def _one_line(text: Any) -> str:
 
 
 def _load_config(bundle: str, method: str | None, overrides: Mapping[str, Any]) -> Any:
-    """The bundle's inference config (as :mod:`pipeline.batch` builds it, then ``configs/real_eval.json`` where the
+    """The bundle's inference config (as :mod:`pipeline.inference.batch` builds it, then ``configs/real_eval.json`` where the
     bundle has one) with ``method`` and ``overrides`` set."""
     from monai.bundle import ConfigParser
 
-    from pipeline.batch import BatchError, _config_files
+    from pipeline.inference.batch import BatchError, _config_files
 
     try:
         files = _config_files(bundle, method)
@@ -282,7 +282,7 @@ def _train_command(bundle: str, method: str | None) -> str:
 
 
 def _sha256_prefix(path: str | Path) -> str:
-    from pipeline.batch import _sha256_prefix as prefix
+    from pipeline.inference.batch import _sha256_prefix as prefix
 
     return prefix(path)
 
@@ -310,8 +310,8 @@ _LITS_COLUMNS = ["case", "input", "status", "reason", "spacing_mm", "liver_dice"
 
 
 def _evaluate_lits(config: Any, root: Path, out_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    from pipeline.selective import dice_jaccard
-    from pipeline.volumes import CaseError, read_volume, write_mask
+    from pipeline.selective.evaluation import dice_jaccard
+    from pipeline.io.volumes import CaseError, read_volume, write_mask
 
     num_classes = int(config.get_parsed_content("num_classes"))
     lesion_class = int(config.get_parsed_content("lesion_channel"))
@@ -402,21 +402,22 @@ def _tv_settings(overrides: Mapping[str, Any]) -> dict[str, float]:
 
 def _lung_slices(target: np.ndarray, count: int) -> list[tuple[int, np.ndarray, int]]:
     """``(z, largest region, slice area)`` of the ``count`` axial slices whose largest region is biggest."""
-    from pipeline.selective import _largest_component
+    from pipeline.selective.samples import largest_component
 
     found = []
     for z in np.flatnonzero(target.any(axis=(0, 1))):
-        region = _largest_component(target[:, :, z])
+        region = largest_component(target[:, :, z])
         found.append((int(region.sum()), int(z), region, int(target[:, :, z].sum())))
     found.sort(key=lambda t: (-t[0], t[1]))
     return [(z, region, area) for _, z, region, area in found[:count]]
 
 
 def _evaluate_lung(config: Any, root: Path, overrides: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    from pipeline import baselines
-    from pipeline.predictors import load_weights
-    from pipeline.selective import dice_jaccard, loader_samples, predict_mask
-    from pipeline.volumes import CaseError, read_volume
+    from pipeline.selective import baselines
+    from pipeline.inference.predictors import load_weights
+    from pipeline.selective.evaluation import dice_jaccard, predict_mask
+    from pipeline.selective.samples import loader_samples
+    from pipeline.io.volumes import CaseError, read_volume
 
     image_path, label_path = root / LUNG_CASE[0], root / LUNG_CASE[1]
     stem = Path(LUNG_CASE[0]).name.split(".")[0]
@@ -487,7 +488,7 @@ _SPECT_COLUMNS = ["case", "status", "reason", "spacing_mm", "bone_ml_predicted",
 
 
 def _evaluate_spect(config: Any, root: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    from pipeline.volumes import CaseError, read_volume
+    from pipeline.io.volumes import CaseError, read_volume
 
     path = root / SPECT_CASE
     if not path.exists():
@@ -533,9 +534,9 @@ def _evaluate_brats(config: Any, root: Path, out_dir: Path) -> tuple[list[dict[s
     import torch
     import torch.nn.functional as F
 
-    from pipeline.layouts import index_brats
-    from pipeline.predictors import load_weights
-    from pipeline.volumes import CaseError, read_volume, write_mask
+    from pipeline.io.layouts import index_brats
+    from pipeline.inference.predictors import load_weights
+    from pipeline.io.volumes import CaseError, read_volume, write_mask
     from transforms import NormalizeModalities
 
     modalities = [str(m) for m in config.get_parsed_content("modalities")]
@@ -654,7 +655,7 @@ def _write_outputs(result: RealEvalResult) -> None:
 
 def _track(result: RealEvalResult, experiment: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> None:
     """One MLflow run with the params, metrics and files of ``result``; a tracking failure only warns."""
-    from pipeline.tracking import MLflowTracker, make_run_name
+    from pipeline.training.tracking import MLflowTracker, make_run_name
 
     tracker = MLflowTracker(experiment_name=experiment, run_name=make_run_name(result.bundle, "real-eval"),
                             bundle=result.bundle, params=dict(params), tags={"workflow": "real-eval", **tags},
@@ -805,7 +806,7 @@ def _build_parser(prog: str) -> _ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.real_eval") -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.experiments.real_eval") -> int:
     """Command line; returns the exit code (see the module docstring)."""
     parser = _build_parser(prog)
     try:
@@ -813,7 +814,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.real
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        from pipeline.batch import BatchError, _parse_overrides
+        from pipeline.inference.batch import BatchError, _parse_overrides
 
         try:
             overrides = _parse_overrides(rest)

@@ -1,18 +1,18 @@
 """Batch inference for every bundle: many inputs in, one mask and one CSV row per case out, nothing lost.
 
-    python -m pipeline.batch <bundle> --input PATH [--layout auto] [--output DIR] [--markers FILE_OR_DIR]
+    python -m pipeline.inference.batch <bundle> --input PATH [--layout auto] [--output DIR] [--markers FILE_OR_DIR]
         [--markers-space RAS|LPS] [--overwrite] [--identify] [--no-mlflow] [--key value ...]
 
 (also ``varseg infer <bundle> ...`` and ``python -m monai.bundle run --config_file .../inference.json``).
 
-* **Inputs**: a file, a folder or a datalist, indexed by :func:`pipeline.layouts.index_inputs` (NIfTI, DICOM, MSD
+* **Inputs**: a file, a folder or a datalist, indexed by :func:`pipeline.io.layouts.index_inputs` (NIfTI, DICOM, MSD
   ``dataset.json``, LiTS, BraTS, Learn2Reg layouts).
 * **Outputs**: ``<output>/<case>_<postfix>.nii.gz`` with the input's exact geometry, written atomically; an existing
   mask is never overwritten without ``--overwrite`` (the case is *skipped*), so re-running a half-finished batch
   finishes the rest. ``<output>/cases.csv`` (one row per case: ``case, status, reason, volume_ml_<label>...,
   runtime_s, quality, mask``) is rewritten atomically after every case and keeps the rows of earlier runs;
   ``quality`` is the predicted quality (Dice) of the mask when the predictor returns ``(mask, quality)`` (``--refine``:
-  :class:`pipeline.refine.RefinePredictor`), else empty.
+  :class:`pipeline.refine.predictors.RefinePredictor`), else empty.
 * **Failures**: a case that cannot be read or segmented is a ``failed`` row with a one-line reason; the batch goes
   on. Exit code 0: every case done or skipped; 1: some case failed; 2: bad command line, missing checkpoint or
   nothing to do (one line on stderr, no traceback).
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger("pipeline.batch")  # the same name when run as python -m pipeline.batch
+logger = logging.getLogger("pipeline.inference.batch")  # the same name when run as python -m pipeline.inference.batch
 
 __all__ = [
     "BatchError",
@@ -160,7 +160,7 @@ def _stem(path: Any) -> str:
 def case_name(entry: Mapping[str, Any], identify: bool = False) -> str:
     """The case name of an entry: its ``case`` (or image stem); a DICOM series' pseudonym unless ``identify``."""
     if _is_dicom(entry) and not identify and entry.get("series_uid"):
-        from pipeline.volumes import pseudonym
+        from pipeline.io.volumes import pseudonym
 
         uid = str(entry["series_uid"]).strip(" \x00")
         return _safe_name(uid if _PSEUDONYM.fullmatch(uid) else pseudonym(uid))  # the selector may be the pseudonym
@@ -323,8 +323,8 @@ def _sha256_prefix(path: str | Path, length: int = 12) -> str:
 
 def make_tracker(bundle: str, *, experiment_name: str | None = None, params: Mapping[str, Any] | None = None,
                  tags: Mapping[str, Any] | None = None) -> Any:
-    """An :class:`pipeline.tracking.MLflowTracker` for one batch run (no merged config: it may hold DICOM paths)."""
-    from pipeline.tracking import MLflowTracker, make_run_name
+    """An :class:`pipeline.training.tracking.MLflowTracker` for one batch run (no merged config: it may hold DICOM paths)."""
+    from pipeline.training.tracking import MLflowTracker, make_run_name
 
     return MLflowTracker(experiment_name=experiment_name or f"varseg-{bundle}", run_name=make_run_name(bundle, "infer"),
                          bundle=bundle, params=dict(params or {}), tags={"workflow": "infer", **dict(tags or {})},
@@ -347,7 +347,7 @@ def _labels_list(labels: Mapping[Any, Any] | Sequence[int] | None) -> tuple[list
 
 
 def _markers_for_case(markers: Path, entry: Mapping[str, Any], case: str, identify: bool) -> Path:
-    from pipeline.volumes import CaseError
+    from pipeline.io.volumes import CaseError
 
     if markers.is_file():
         return markers
@@ -364,7 +364,7 @@ def _markers_for_case(markers: Path, entry: Mapping[str, Any], case: str, identi
 
 def _read_case(entry: Mapping[str, Any], case: str, identify: bool) -> tuple[Any, list[Any]]:
     """Read an entry's volume(s); check the modalities share one geometry and the label matches it."""
-    from pipeline.volumes import CaseError, read_volume
+    from pipeline.io.volumes import CaseError, read_volume
 
     images = _image_paths(entry)
     modalities = entry.get("modalities") or []
@@ -392,7 +392,7 @@ def _read_case(entry: Mapping[str, Any], case: str, identify: bool) -> tuple[Any
 
 def _volume_cells(mask: np.ndarray, spacing: Sequence[float], labels: list[int] | None,
                   names: Mapping[int, str]) -> dict[str, str]:
-    from pipeline.volumes import label_volumes_ml
+    from pipeline.io.volumes import label_volumes_ml
 
     volumes = label_volumes_ml(mask, spacing, labels)
     return {f"{VOLUME_PREFIX}{names.get(int(k), str(int(k)))}": f"{float(v):.3f}" for k, v in volumes.items()
@@ -432,11 +432,11 @@ def run_batch(
 ) -> BatchReport:
     """Segment every entry, one mask and one CSV row per case; failures are rows, never crashes.
 
-    Per entry (a dict from :func:`pipeline.layouts.index_inputs`): when ``<output_dir>/<case>_<postfix>.nii.gz``
+    Per entry (a dict from :func:`pipeline.io.layouts.index_inputs`): when ``<output_dir>/<case>_<postfix>.nii.gz``
     exists and not ``overwrite`` the case is ``skipped`` (numbers kept from the earlier CSV row); otherwise its
-    image(s) are read (:func:`pipeline.volumes.read_volume`; a list of images = modalities sharing one geometry), a
+    image(s) are read (:func:`pipeline.io.volumes.read_volume`; a list of images = modalities sharing one geometry), a
     ``label`` must match that geometry, ``predict(volume_or_volumes, entry)`` gives a mask of the first volume's
-    shape in its own voxel order, and :func:`pipeline.volumes.write_mask` writes it atomically in the input's
+    shape in its own voxel order, and :func:`pipeline.io.volumes.write_mask` writes it atomically in the input's
     geometry. ``ValueError``/``OSError``/``RuntimeError`` (``CaseError`` included) make the case ``failed`` with a
     one-line reason (logged as a warning, no traceback); any other exception fails it as ``internal error``.
     ``KeyboardInterrupt`` stops the batch after the CSV is saved (the running case has no mask; a re-run does it).
@@ -453,7 +453,7 @@ def run_batch(
             every non-zero label found.
         identify: use DICOM-derived names instead of pseudonyms.
         progress: show a progress bar.
-        tracker: optional :class:`pipeline.tracking.MLflowTracker`-like object; the run is opened if needed, gets
+        tracker: optional :class:`pipeline.training.tracking.MLflowTracker`-like object; the run is opened if needed, gets
             the counts, a ``status`` tag and the CSV, and is closed.
         markers: a markers file (one input) or a folder of ``<case>.csv`` / ``<case>.mrk.json`` files.
 
@@ -466,7 +466,7 @@ def run_batch(
     """
     from tqdm import tqdm
 
-    from pipeline.volumes import clean_stale_temporaries, write_mask
+    from pipeline.io.volumes import clean_stale_temporaries, write_mask
 
     entries = list(entries)
     if not entries:
@@ -562,7 +562,7 @@ def _run_case(entry: Mapping[str, Any], case: str, predict: Callable[..., np.nda
         first = volumes[0]
         result = predict(volume, item)
         quality = None
-        if isinstance(result, tuple):  # (mask, predicted quality), e.g. pipeline.refine.RefinePredictor
+        if isinstance(result, tuple):  # (mask, predicted quality), e.g. pipeline.refine.predictors.RefinePredictor
             result, quality = result
         mask = np.asarray(result)
         if tuple(mask.shape) != tuple(first.array.shape):
@@ -624,7 +624,7 @@ def execute(
     names) print one ``error: ...`` line on stderr and return 2; otherwise the code of :class:`BatchReport`.
     ``KeyboardInterrupt`` is re-raised after the CSV is saved.
     """
-    from pipeline.layouts import index_inputs
+    from pipeline.io.layouts import index_inputs
 
     try:
         if input_path is None or str(input_path).strip() == "":
@@ -764,7 +764,7 @@ def _config_files(bundle: str, method: Any = None) -> list[str]:
     return files + [str(inference)]
 
 
-def _build_parser(prog: str = "python -m pipeline.batch") -> _ArgumentParser:
+def _build_parser(prog: str = "python -m pipeline.inference.batch") -> _ArgumentParser:
     parser = _ArgumentParser(
         prog=prog,
         allow_abbrev=False,  # --out must stay a config override, not an abbreviation of --output
@@ -795,7 +795,7 @@ def _build_parser(prog: str = "python -m pipeline.batch") -> _ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.batch") -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.inference.batch") -> int:
     """Command line: build the bundle's predictor from its inference config and run the batch; returns the exit code.
 
     Args:

@@ -45,9 +45,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.lits import LayoutError, index_lits
-from pipeline.data.lung import index_lung
-from pipeline.data.spect import index_spect
+from pipeline.io.datasets import LayoutError, index_lits
+from pipeline.io.datasets import index_lung
+from pipeline.io.datasets import index_spect
 
 logger = logging.getLogger(__name__)
 
@@ -484,7 +484,7 @@ def _short_uid(uid: str) -> str:
 
 
 def _dicom_entries(series: Sequence[Any], identify: bool, where: Path) -> list[dict[str, Any]]:
-    """Entries for DICOM series (:class:`pipeline.volumes.DicomSeries`)."""
+    """Entries for DICOM series (:class:`pipeline.io.volumes.DicomSeries`)."""
     datalist = []
     for item in series:
         folder = Path(item.folder)
@@ -504,8 +504,8 @@ def index_dicom(root: str | Path, identify: bool = False) -> list[dict[str, Any]
     """Datalist of the DICOM series under a folder (searched recursively), or of the series of one DICOM file.
 
     Without ``identify``, no DICOM identifier ends up in the datalist or in output file names: the case name is the
-    series' pseudonym (:func:`pipeline.volumes.pseudonym`, a hash of the SeriesInstanceUID) and ``"series_uid"``
-    holds that pseudonym too (:func:`pipeline.volumes.read_volume` accepts either to pick the series). With
+    series' pseudonym (:func:`pipeline.io.volumes.pseudonym`, a hash of the SeriesInstanceUID) and ``"series_uid"``
+    holds that pseudonym too (:func:`pipeline.io.volumes.read_volume` accepts either to pick the series). With
     ``identify=True``, cases are named ``<series folder name>_<last 8 digits of the SeriesInstanceUID>`` and
     ``"series_uid"`` is the UID itself. Paths are kept as they are on disk: folder names chosen by the user may
     themselves be identifying. A series split over several folders is listed once per folder, which makes its case
@@ -523,7 +523,7 @@ def index_dicom(root: str | Path, identify: bool = False) -> list[dict[str, Any]
         LayoutError: if the path is missing, holds no DICOM series, is a file that is not DICOM, or two series get
             the same case name.
     """
-    from pipeline.volumes import is_dicom_file, list_dicom_series
+    from pipeline.io.volumes import is_dicom_file, list_dicom_series
 
     path = _absolute(root)
     if not path.exists():
@@ -544,7 +544,7 @@ def index_dicom(root: str | Path, identify: bool = False) -> list[dict[str, Any]
 
 def _has_dicom(files: Iterable[Path]) -> bool:
     """Whether any of ``files`` (skipping known non-DICOM extensions) is a DICOM file."""
-    from pipeline.volumes import is_dicom_file
+    from pipeline.io.volumes import is_dicom_file
 
     skip = (*_IMAGE_EXTENSIONS, ".json", ".txt", ".md", ".csv", ".raw", ".img", ".zip", ".gz", ".png", ".jpg")
     return any(is_dicom_file(p) for p in files if not p.name.lower().endswith(skip))
@@ -765,7 +765,7 @@ def _detect(path: Path) -> str:
         return "datalist"
     if _image_kind(path) in ("nifti", "itk"):
         return "file"
-    from pipeline.volumes import is_dicom_file
+    from pipeline.io.volumes import is_dicom_file
 
     if is_dicom_file(path):
         return "dicom"
@@ -814,7 +814,7 @@ def index_inputs(path: str | Path, layout: str = "auto", *, modalities: Sequence
         if source.is_dir():
             raise LayoutError(f"layout 'file' needs a file, but {source} is a folder")
         if _image_kind(source) is None and not source.name.lower().endswith(".json"):
-            from pipeline.volumes import is_dicom_file
+            from pipeline.io.volumes import is_dicom_file
 
             if is_dicom_file(source):
                 return index_dicom(source, identify=identify)

@@ -269,7 +269,7 @@ class _RunReference:
         self.tracker = tracker
 
     def state_dict(self) -> dict[str, str]:
-        from pipeline.tracking import tracking_uri
+        from pipeline.training.tracking import tracking_uri
 
         try:
             uri = tracking_uri(getattr(self.tracker, "store_dir", None))
@@ -334,7 +334,7 @@ class TrainingCheckpoint:
     Only the newest checkpoint is kept; it is written by MONAI's ``CheckpointSaver`` (via ignite's atomic save).
 
     With ``resume`` and a ``tracker``, the training continues *the same* MLflow run: the run id is read from the
-    checkpoint and handed to :meth:`pipeline.tracking.MLflowTracker.resume_run`, which sets the run RUNNING again and
+    checkpoint and handed to :meth:`pipeline.training.tracking.MLflowTracker.resume_run`, which sets the run RUNNING again and
     deletes its metric points after the checkpoint's epoch, so the final history equals an uninterrupted run's.
     Without ``resume`` a new run is always created. With a ``tracker``, the model's final weights are also logged as
     the artifact ``model/final_model.pt`` when the run finishes.
@@ -345,7 +345,7 @@ class TrainingCheckpoint:
         interval: save every ``interval`` epochs.
         resume: at start, load the newest checkpoint from ``save_dir`` if there is one. Without it, the ``*.pt``
             files an earlier training left in ``save_dir`` are moved to ``save_dir/previous/<UTC time>/`` first.
-        tracker: the training's :class:`pipeline.tracking.MLflowTracker` (optional).
+        tracker: the training's :class:`pipeline.training.tracking.MLflowTracker` (optional).
         save_rng: save (and on resume restore) the random generator states.
         log_final_model: with a ``tracker``, log the final weights when the run finishes.
         best_saver: the validation's key-metric ``CheckpointSaver`` (``save_key_metric=True``, optional).
@@ -511,7 +511,7 @@ class OverlaySaver:
 
     Args:
         output_dir: folder of the figures.
-        tracker: the :class:`pipeline.tracking.MLflowTracker` of the run (epochs and logging); None: files only.
+        tracker: the :class:`pipeline.training.tracking.MLflowTracker` of the run (epochs and logging); None: files only.
         interval: draw every ``interval`` trainer epochs (0: only at the last epoch).
         num_cases: how many validation cases to draw.
         num_slices: slices per 3D case.

@@ -27,6 +27,7 @@ after 0..K steps, the chosen ``k`` and early-stop results), ``k_selection.csv``,
 metrics, the CSVs and the checkpoint as artifacts).
 """
 
+
 from __future__ import annotations
 
 import csv
@@ -36,241 +37,34 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+
+from transforms.slices import plain_tensor
+from pipeline.refine.iteration import (
+    iterate_refinement,
+    stack_slices,
+    choose_k,
+    pad_to_multiple,
+    pearson_r,
+    refine_forward,
+    slice_dice,
+    stop_step,
+    volume_dice,
+    volume_quality,
+)
+
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "RefineCase",
-    "RefinePredictor",
-    "RefineSliceDataset",
-    "RefinementTrace",
-    "RefinementWorkflow",
-    "SelectiveRefinePredictor",
-    "choose_k",
-    "iterate_refinement",
-    "load_refinement",
-    "pearson_r",
-    "stack_slices",
-    "stop_step",
-    "volume_dice",
-    "volume_quality",
-]
+__all__ = ["SELF_TRAINING", "RefineCase", "RefineSliceDataset", "RefinementWorkflow"]
 
 SELF_TRAINING = ("none", "scratch", "warm")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Small helpers
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def volume_dice(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
-    """Dice of two boolean arrays; 1 when both are empty."""
-    a = np.asarray(a, dtype=bool)
-    b = np.asarray(b, dtype=bool)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
-
-
-def _slice_dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dice per slice of ``(N, ...)`` boolean arrays (1 where both are empty)."""
-    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
-    total = a.sum(1) + b.sum(1)
-    inter = np.logical_and(a, b).sum(1)
-    return np.where(total > 0, 2.0 * inter / np.maximum(total, 1), 1.0)
-
-
-def volume_quality(slice_quality: np.ndarray, mask: np.ndarray, refined: np.ndarray) -> float:
-    """Per-case predicted quality from per-slice predictions.
-
-    ``Σ_z q_z w_z / Σ_z w_z`` with ``w_z = |mask_z| + |refined_z|`` (the refined mask standing in for the label in
-    the Dice denominator ``|A_z| + |B_z|``); the plain mean of ``q_z`` when both masks are empty everywhere.
-
-    Args:
-        slice_quality: ``(N,)`` predicted quality of each slice's input mask.
-        mask: ``(N, ...)`` boolean input mask.
-        refined: ``(N, ...)`` boolean refined mask.
-    """
-    q = np.asarray(slice_quality, dtype=np.float64).reshape(-1)
-    w = np.asarray(mask).reshape(len(q), -1).sum(1) + np.asarray(refined).reshape(len(q), -1).sum(1)
-    if w.sum() == 0:
-        return float(q.mean())
-    return float((q * w).sum() / w.sum())
-
-
-def pearson_r(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation coefficient; NaN with fewer than 3 points or a constant series."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if len(x) < 3 or x.std() == 0 or y.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def stack_slices(image: torch.Tensor, num_slices: int) -> torch.Tensor:
-    """``(C, H, W, D)`` volume → ``(D, C·k, H, W)`` adjacent-slice samples (channel-major, edges replicated)."""
-    from transforms.slices import adjacent_slice_indices
-
-    c, h, w, d = image.shape
-    idx = torch.as_tensor(adjacent_slice_indices(d, num_slices), dtype=torch.long).reshape(-1)
-    x = image[..., idx].reshape(c, h, w, d, num_slices)
-    return x.permute(3, 0, 4, 1, 2).reshape(d, c * num_slices, h, w).contiguous()
-
-
-def _pad_to(x: torch.Tensor, divisor: int, mode: str) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % divisor, (-w) % divisor
-    if not (ph or pw):
-        return x
-    return F.pad(x, (0, pw, 0, ph), mode=mode) if mode != "constant" else F.pad(x, (0, pw, 0, ph))
-
-
-def choose_k(dice_per_k: Sequence[float]) -> int:
-    """The number of refinement steps with the highest Dice (the smallest such ``k`` on ties)."""
-    values = np.asarray(dice_per_k, dtype=np.float64)
-    if values.size == 0 or np.isnan(values).all():
-        raise ValueError(f"cannot choose k from {list(dice_per_k)}")
-    return int(np.nanargmax(values))
-
-
-def stop_step(qualities: Sequence[float], k: int, min_delta: float = 0.0) -> int:
-    """Steps an early-stopped refinement keeps: the first ``i ≤ k`` whose predicted quality does not exceed step
-    ``i − 1``'s by more than ``min_delta`` stops it at ``i − 1``; otherwise ``k``.
-
-    Args:
-        qualities: predicted quality of the masks after 0, 1, 2, ... steps (at least ``k + 1`` values).
-        k: the most steps.
-        min_delta: smallest rise that counts.
-    """
-    if len(qualities) < k + 1:
-        raise ValueError(f"need the qualities of steps 0..{k}, got {len(qualities)} values")
-    for i in range(1, k + 1):
-        if qualities[i] <= qualities[i - 1] + min_delta:
-            return i - 1
-    return k
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Iterating the network
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RefinementTrace:
-    """What :func:`iterate_refinement` did for one case.
-
-    Attributes:
-        masks: boolean masks ``(N, 1, H, W)`` after 0, 1, ..., ``steps`` refinement steps (0 = the input).
-        qualities: predicted per-case quality of each mask in ``masks``.
-        slice_qualities: predicted per-slice quality ``(N,)`` of each mask in ``masks``.
-        steps: refinement steps kept (the last mask is the result).
-        stopped_early: True when the early stop ended the loop before ``iterations``.
-        forward_passes: network evaluations made (``steps + 1``, or ``steps + 2`` after an early stop).
-    """
-
-    masks: list[torch.Tensor] = field(default_factory=list)
-    qualities: list[float] = field(default_factory=list)
-    slice_qualities: list[np.ndarray] = field(default_factory=list)
-    steps: int = 0
-    stopped_early: bool = False
-    forward_passes: int = 0
-
-    @property
-    def mask(self) -> torch.Tensor:
-        """The result: the mask after :attr:`steps` steps."""
-        return self.masks[self.steps]
-
-    @property
-    def quality(self) -> float:
-        """Predicted quality of the result."""
-        return self.qualities[self.steps]
-
-
-def _forward(network: Callable, x: torch.Tensor, mask: torch.Tensor, batch_size: int,
-             divisor: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Refined boolean mask ``(N, 1, H, W)`` and per-slice quality ``(N,)`` of ``mask``, in chunks."""
-    h, w = x.shape[-2:]
-    refined, quality = [], []
-    for s in range(0, x.shape[0], batch_size):
-        xi = _pad_to(x[s : s + batch_size], divisor, "replicate")
-        mi = _pad_to(mask[s : s + batch_size].to(xi.dtype), divisor, "constant")
-        logits, q = network(xi, mi)
-        refined.append((logits[..., :h, :w] > 0).cpu())
-        quality.append(q.detach().reshape(-1).float().cpu())
-    return torch.cat(refined), torch.cat(quality).numpy()
-
-
-@torch.no_grad()
-def iterate_refinement(
-    network: Callable,
-    image: torch.Tensor,
-    mask: torch.Tensor,
-    iterations: int,
-    early_stop: bool = False,
-    min_delta: float = 0.0,
-    batch_size: int = 32,
-    divisor: int = 1,
-) -> RefinementTrace:
-    """Apply the refinement network ``iterations`` times, feeding each output back as the next mask.
-
-    Each pass ``network(x, m) -> (logits, quality)`` returns the refined mask (``logits > 0``) and the predicted
-    quality of its *input* ``m``; so the quality of the mask after step ``i`` comes with step ``i + 1``'s pass and
-    ``k`` steps take ``k + 1`` passes (the result's quality is always known). With ``early_stop``, when the predicted
-    quality of the mask after step ``i`` is not above step ``i − 1``'s by more than ``min_delta``, the loop stops and
-    the mask after step ``i − 1`` is the result (:func:`stop_step` gives the same answer from a full trace).
-
-    Args:
-        network: ``network(x, mask) -> (logits, quality)`` (e.g. :class:`networks.QualityUNet` in eval mode).
-        image: ``(N, C, H, W)`` network image input (e.g. the slices of one case).
-        mask: ``(N, 1, H, W)`` initial (base) mask, boolean or 0/1.
-        iterations: the most refinement steps ``k`` (0 only scores the input mask).
-        early_stop: stop when the predicted quality stops rising.
-        min_delta: smallest quality rise that counts as rising.
-        batch_size: slices per forward pass.
-        divisor: pad height and width to a multiple of this for the network (cropped back).
-
-    Returns:
-        :class:`RefinementTrace`.
-    """
-    if iterations < 0:
-        raise ValueError(f"iterations must be >= 0, got {iterations}")
-    if image.ndim != 4 or mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] != image.shape[0] \
-            or mask.shape[2:] != image.shape[2:]:
-        raise ValueError(f"expected image (N, C, H, W) and mask (N, 1, H, W), got {tuple(image.shape)} and "
-                         f"{tuple(mask.shape)}")
-    trace = RefinementTrace()
-    current = mask.bool().cpu()
-    refined, q = _forward(network, image, current, batch_size, divisor)
-    trace.forward_passes = 1
-    trace.masks.append(current)
-    trace.slice_qualities.append(q)
-    trace.qualities.append(volume_quality(q, current.numpy(), refined.numpy()))
-    for i in range(1, iterations + 1):
-        current = refined
-        refined, q = _forward(network, image, current, batch_size, divisor)
-        trace.forward_passes += 1
-        quality = volume_quality(q, current.numpy(), refined.numpy())
-        if early_stop and quality <= trace.qualities[-1] + min_delta:
-            trace.stopped_early = True
-            trace.steps = i - 1
-            return trace
-        trace.masks.append(current)
-        trace.slice_qualities.append(q)
-        trace.qualities.append(quality)
-        trace.steps = i
-    return trace
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -359,11 +153,6 @@ class RefineSliceDataset(Dataset):
         return {"image": self._stacked[i][z], "mask": mask, "label": label}
 
 
-def _plain(x: Any) -> torch.Tensor:
-    """A plain tensor (MetaTensor metadata dropped)."""
-    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-
-
 def _cache_key(name: str, entry: Mapping[str, Any]) -> str:
     """Base-mask cache key: case name, clicks if any, image path, size and modification time (changes recompute)."""
     image = entry.get("image")
@@ -428,7 +217,7 @@ class RefinementWorkflow:
         ckpt_dir: where ``model.pt`` goes.
         output_dir: where the CSVs and ``summary.json`` go.
         cache_dir: where base masks are cached.
-        tracker: :class:`pipeline.tracking.MLflowTracker` (or None).
+        tracker: :class:`pipeline.training.tracking.MLflowTracker` (or None).
         seed: seed of the network initialisation, sample choice and augmentation.
         device: torch device.
         slice_batch_size: slices per forward pass at inference.
@@ -513,7 +302,7 @@ class RefinementWorkflow:
 
     def load_cases(self) -> dict[str, list[RefineCase]]:
         """Preprocess every case and predict (or read from the cache) its base mask."""
-        from pipeline.predictors import load_weights
+        from pipeline.inference.predictors import load_weights
 
         self.check_base()
         sha = _sha256_prefix(self.base_ckpt)
@@ -527,11 +316,11 @@ class RefinementWorkflow:
             cases = []
             for entry in _progress(entries, f"{split} cases", self.progress):
                 item = self.volume_transform(dict(entry))
-                image = _plain(item["image"]).float()
+                image = plain_tensor(item["image"]).float()
                 if image.ndim != 4:
                     raise ValueError(f"case {entry.get('case')}: expected a (C, H, W, D) image after the bundle's "
                                      f"preprocessing, got {tuple(image.shape)}")
-                label = _plain(self.target(torch.as_tensor(item["label"]))).bool().cpu()
+                label = plain_tensor(self.target(torch.as_tensor(item["label"]))).bool().cpu()
                 name = str(entry.get("case") or Path(str(entry.get("image"))).name)
                 key = _cache_key(name, entry)
                 if key not in cache:
@@ -540,7 +329,7 @@ class RefinementWorkflow:
                         loaded = True
                     with torch.no_grad():
                         output = self.base_inferer(image[None].to(self.device), self.base_network)[0]
-                    cache[key] = _plain(self.base_mask(output)).bool().cpu()
+                    cache[key] = plain_tensor(self.base_mask(output)).bool().cpu()
                 base = cache[key]
                 if base.shape != label.shape:
                     raise ValueError(f"case {name}: base mask {tuple(base.shape)} and target {tuple(label.shape)} "
@@ -569,7 +358,7 @@ class RefinementWorkflow:
         for case in cases:
             base = RefineCase.as_slices(case.base)
             with torch.no_grad():  # one pass: the refined mask and the predicted quality of the base mask
-                refined, q = _forward(network, case.slices(self.num_slices).to(self.device), base,
+                refined, q = refine_forward(network, case.slices(self.num_slices).to(self.device), base,
                                       self.slice_batch_size, self.divisor)
             dice.append(volume_dice(refined[:, 0].permute(1, 2, 0).numpy(), case.label.numpy()))
             predicted = volume_quality(q, base.numpy(), refined.numpy())
@@ -589,8 +378,8 @@ class RefinementWorkflow:
             n = 0
             for batch in _progress(loader, f"{tag} epoch {epoch}/{epochs}", self.progress, leave=False):
                 x, m, y = (batch[k].to(self.device) for k in ("image", "mask", "label"))
-                x, m, y = _pad_to(x, self.divisor, "replicate"), _pad_to(m, self.divisor, "constant"), \
-                    _pad_to(y, self.divisor, "constant")
+                x, m, y = pad_to_multiple(x, self.divisor, "replicate"), pad_to_multiple(m, self.divisor, "constant"), \
+                    pad_to_multiple(y, self.divisor, "constant")
                 logits, quality = network(x, m)
                 loss = self.loss(logits, y, quality=quality, input_mask=m)
                 optimizer.zero_grad()
@@ -645,7 +434,7 @@ class RefinementWorkflow:
             label_slices = RefineCase.as_slices(case.label)[:, 0].numpy()
             rows.append({"case": case.case, "dice": dice, "quality": list(trace.qualities),
                          "slice_quality": trace.slice_qualities[0],
-                         "slice_dice": _slice_dice(base_slices, label_slices),
+                         "slice_dice": slice_dice(base_slices, label_slices),
                          "slice_nonempty": (base_slices.reshape(len(base_slices), -1).any(1)
                                             | label_slices.reshape(len(label_slices), -1).any(1))})
         return rows
@@ -667,9 +456,9 @@ class RefinementWorkflow:
             masks = torch.stack([torch.as_tensor(self.mask_augmentation({"mask": labels[z]})["mask"]) for z in keep])
             x = case.slices(self.num_slices)[keep].to(self.device)
             with torch.no_grad():
-                _, q = _forward(network, x, masks.bool(), self.slice_batch_size, self.divisor)
+                _, q = refine_forward(network, x, masks.bool(), self.slice_batch_size, self.divisor)
             predicted.extend(q.tolist())
-            true.extend(_slice_dice(masks.bool().numpy(), labels[keep].bool().numpy()).tolist())
+            true.extend(slice_dice(masks.bool().numpy(), labels[keep].bool().numpy()).tolist())
         return predicted, true
 
     def summarise(self, val_rows: list[dict], test_rows: list[dict], synthetic: tuple[list, list]) -> dict[str, Any]:
@@ -803,166 +592,3 @@ def _progress(iterable: Any, desc: str, enabled: bool, leave: bool = True) -> An
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, leave=leave, dynamic_ncols=True)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Batch inference: base predictor + refinement, mask and predicted quality per case
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def load_refinement(network: torch.nn.Module, ckpt_path: str | Path, iterations: int | None,
-                    early_stop: bool | None, device: str | torch.device = "cpu") -> tuple[int, bool]:
-    """Load a refinement checkpoint into ``network``; return ``(k, early_stop)``.
-
-    ``early_stop`` None takes the checkpoint's recommendation (``"early_stop"``: True where the early stop did at
-    least as well as the fixed ``k`` on the validation cases; True for checkpoints without it); ``iterations`` None
-    takes the ``k`` chosen on validation for that mode (``"k_early_stop"`` or ``"k"``).
-
-    Raises:
-        FileNotFoundError: the checkpoint is missing (names the command that trains it).
-        RuntimeError: ``iterations`` is None and the checkpoint holds no chosen ``k``.
-    """
-    from pipeline.predictors import load_weights
-
-    ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"refinement checkpoint {ckpt_path} not found: train it with the bundle's "
-                                "refine config (or python -m pipeline.refine_table <bundle>)")
-    load_weights(network, ckpt_path, device)
-    if iterations is not None and early_stop is not None:
-        return int(iterations), bool(early_stop)
-    state = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
-    state = state if isinstance(state, Mapping) else {}
-    if early_stop is None:
-        early_stop = bool(state.get("early_stop", True))
-    if iterations is not None:
-        return int(iterations), early_stop
-    key = "k_early_stop" if early_stop else "k"
-    if key not in state:
-        raise RuntimeError(f"refinement checkpoint {ckpt_path} holds no chosen k ({key}); pass iterations explicitly")
-    return int(state[key]), early_stop
-
-
-class RefinePredictor:
-    """Wrap a bundle's :class:`pipeline.predictors.SlicePredictor`: base mask, ``k`` refinement steps, quality.
-
-    ``predictor(volume, entry) -> (mask, quality)``: the base predictor's intensity transform and network give the
-    base mask (label ``> 0`` of its post-processing), the refinement network refines it ``iterations`` times (with
-    the early stop if asked) and the mask is returned in the volume's own voxel order, with the predicted per-case
-    quality of the returned mask. :func:`pipeline.batch.run_batch` writes that quality in the ``quality`` column.
-
-    Args:
-        base: the bundle's slice predictor (its ``load`` loads the base checkpoint).
-        network: the :class:`networks.QualityUNet`.
-        ckpt_path: the refinement checkpoint (``model.pt`` written by :class:`RefinementWorkflow`).
-        num_slices: adjacent slices per image channel.
-        iterations: refinement steps; None takes the ``k`` chosen on validation stored in the checkpoint.
-        early_stop: stop early when the predicted quality stops rising; None follows the checkpoint's
-            recommendation (the early stop only where it did at least as well on the validation cases).
-        min_delta: smallest quality rise that counts.
-        batch_size: slices per forward pass.
-        divisor: pad slices to a multiple of this.
-        device: where the network runs.
-    """
-
-    def __init__(self, base: Any, network: torch.nn.Module, ckpt_path: str | Path, num_slices: int,
-                 iterations: int | None = None, early_stop: bool | None = None, min_delta: float = 0.0,
-                 batch_size: int = 32, divisor: int = 8, device: str | torch.device = "cpu") -> None:
-        self.base, self.network, self.ckpt_path = base, network, Path(ckpt_path)
-        self.num_slices, self.iterations = int(num_slices), iterations
-        self.early_stop = None if early_stop is None else bool(early_stop)
-        self.min_delta, self.batch_size, self.divisor = float(min_delta), int(batch_size), int(divisor)
-        self.device = torch.device(device)
-
-    def load(self) -> None:
-        """Load the base checkpoint and the refinement checkpoint (and its ``k`` when ``iterations`` is None)."""
-        self.base.load()
-        self.iterations, self.early_stop = load_refinement(self.network, self.ckpt_path, self.iterations,
-                                                           self.early_stop, self.device)
-
-    def __call__(self, volume: Any, entry: Mapping[str, Any] | None = None) -> tuple[np.ndarray, float]:
-        """``(mask in the volume's own voxel order, predicted quality)``."""
-        if self.iterations is None or self.early_stop is None:
-            self.load()
-        base = self.base
-        volumes = list(volume) if isinstance(volume, (list, tuple)) else [volume]
-        first = volumes[0]
-        image = torch.stack([torch.as_tensor(np.ascontiguousarray(v.to_ras()), dtype=torch.float32) for v in volumes])
-        image = base.intensity(image, f"case '{(entry or {}).get('case', getattr(first, 'case', 'case'))}'")
-        image = (image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)).to(torch.float32)
-        base.network.eval()
-        self.network.eval()
-        with torch.no_grad():
-            output = base.inferer(image[None].to(base.device), base.network)
-        base_mask = (base.postprocess(output[0]).cpu() > 0)
-        trace = iterate_refinement(self.network, stack_slices(image, self.num_slices).to(self.device),
-                                   RefineCase.as_slices(base_mask), int(self.iterations), early_stop=self.early_stop,
-                                   min_delta=self.min_delta, batch_size=self.batch_size, divisor=self.divisor)
-        mask = trace.mask[:, 0].permute(1, 2, 0).numpy().astype(np.uint8)
-        return np.ascontiguousarray(first.from_ras(mask)), float(trace.quality)
-
-
-class SelectiveRefinePredictor:
-    """Refinement on top of the lung (selective) predictor: each clicked slice's VM-Net mask, refined ``k`` times.
-
-    ``predictor(volume, entry) -> (mask, quality)``: :class:`pipeline.predictors.SelectivePredictor` segments every
-    axial slice holding clicks; each slice's mask is refined from the slice's network input ``(f, G)`` and the
-    returned quality is the mean of the refined slices' predicted qualities, weighted by each refined mask's area
-    (most volumes have clicks on one slice only, where it is that slice's quality).
-
-    Args:
-        base: the bundle's :class:`pipeline.predictors.SelectivePredictor`.
-        network: the :class:`networks.QualityUNet` (2 input channels: ``f`` and the guidance map).
-        ckpt_path: the refinement checkpoint.
-        iterations: refinement steps; None takes the ``k`` chosen on validation stored in the checkpoint.
-        early_stop: stop early when the predicted quality stops rising; None follows the checkpoint's
-            recommendation (the early stop only where it did at least as well on the validation cases).
-        min_delta: smallest quality rise that counts.
-        divisor: pad slices to a multiple of this.
-        device: where the network runs.
-    """
-
-    needs_markers = True
-
-    def __init__(self, base: Any, network: torch.nn.Module, ckpt_path: str | Path, iterations: int | None = None,
-                 early_stop: bool | None = None, min_delta: float = 0.0, divisor: int = 8,
-                 device: str | torch.device = "cpu") -> None:
-        self.base, self.network, self.ckpt_path = base, network, Path(ckpt_path)
-        self.iterations, self.early_stop, self.min_delta = iterations, early_stop, float(min_delta)
-        self.divisor, self.device = int(divisor), torch.device(device)
-        self._loaded = False
-
-    def load(self) -> None:
-        """Load the VM-Net and the refinement checkpoint (and its ``k`` when ``iterations`` is None)."""
-        self.base.load()
-        self.iterations, self.early_stop = load_refinement(self.network, self.ckpt_path, self.iterations,
-                                                           self.early_stop, self.device)
-        self.network.eval()
-        self._loaded = True
-
-    def __call__(self, volume: Any, entry: Mapping[str, Any] | None = None) -> tuple[np.ndarray, float]:
-        """``(mask in the volume's own voxel order, predicted quality)``."""
-        from pipeline.predictors import SelectivePredictor
-        from pipeline.selective import loader_samples
-
-        if not self._loaded:
-            self.load()
-        base_predict = self.base._predict
-        scores: list[tuple[float, float]] = []
-
-        def _refined(sample: Mapping[str, Any]) -> np.ndarray:
-            x = loader_samples([sample], self.base.guidance)[0]["input"][None].to(self.device)
-            mask = torch.as_tensor(np.asarray(base_predict(sample), dtype=bool))[None, None]
-            trace = iterate_refinement(self.network, x, mask, int(self.iterations), early_stop=self.early_stop,
-                                       min_delta=self.min_delta, batch_size=1, divisor=self.divisor)
-            result = trace.mask[0, 0].numpy()
-            scores.append((float(trace.quality), float(max(result.sum(), 1))))
-            return result
-
-        wrapped = SelectivePredictor(None, None, self.base.guidance, self.base.slicer, self.base.divisible,
-                                     self.base.device, self.base.markers_space, sample_predict=_refined)
-        mask = wrapped(volume, entry)
-        if not scores:
-            return mask, float("nan")
-        q, w = np.asarray(scores).T
-        return mask, float(np.sum(q * w) / np.sum(w))

@@ -1,7 +1,7 @@
 """Running bundle configs from the table commands: one ``monai.bundle run`` subprocess, and ``--key value`` overrides.
 
-Shared by :mod:`pipeline.selective_table`, :mod:`pipeline.refine_table`, :mod:`pipeline.brats_table` and
-:mod:`pipeline.cascade`.
+Shared by :mod:`pipeline.experiments.selective_table`, :mod:`pipeline.experiments.refine_table`, :mod:`pipeline.experiments.brats_table` and
+:mod:`pipeline.experiments.cascade`.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ shared with other work the wall time grows while the CPU time stays about the sa
 
 Command line::
 
-    python -m pipeline.brats_table sweep [--betas 0 1e-7 1e-6 1e-5] [--out DIR] [--models DIR] [--skip-train]
+    python -m pipeline.experiments.brats_table sweep [--betas 0 1e-7 1e-6 1e-5] [--out DIR] [--models DIR] [--skip-train]
                                          [--key value ...]
-    python -m pipeline.brats_table bias [--methods unsup_plain unsup_bias] [--out DIR] [--models DIR] [--skip-train]
+    python -m pipeline.experiments.brats_table bias [--methods unsup_plain unsup_bias] [--out DIR] [--models DIR] [--skip-train]
                                         [--key value ...]
 """
 
@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bundle_runs import override_dict as _override_dict
-from pipeline.bundle_runs import run_bundle as _run_bundle
-from pipeline.tracking import MLflowTracker, make_run_name
+from pipeline.experiments.bundle_runs import override_dict as _override_dict
+from pipeline.experiments.bundle_runs import run_bundle as _run_bundle
+from pipeline.training.tracking import MLflowTracker, make_run_name
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def run_bias(out: Path, overrides: Sequence[str], skip_train: bool = False, mode
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.brats_table", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.experiments.brats_table", description=__doc__.split("\n\n")[0])
     parser.add_argument("table", choices=["sweep", "bias"], help="β sweep (Table V) or unsupervised bias comparison")
     parser.add_argument("--betas", nargs="+", type=float, default=list(DEFAULT_BETAS),
                         help="β_paper values of the sweep (default: 0 1e-7 1e-6 1e-5)")

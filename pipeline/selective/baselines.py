@@ -64,21 +64,14 @@ from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 
-__all__ = [
-    "BaselineResult",
-    "selective_energy",
-    "tv_energy",
-    "elastica_energy",
-    "tv_segment",
-    "elastica_segment",
-]
+__all__ = ["BaselineResult", "elastica_energy", "elastica_segment", "selective_energy", "tv_energy", "tv_segment"]
 
 _TAU_HALVINGS = 10  # give up once failed proposals have driven tau down to 2**-10 of its initial value
 
 
 def kernels() -> dict[str, Callable]:
-    """The fused numba kernels of :mod:`pipeline._baseline_kernels` by name (numba is imported on first use)."""
-    from pipeline._baseline_kernels import KERNELS
+    """The fused numba kernels of :mod:`pipeline.selective._kernels` by name (numba is imported on first use)."""
+    from pipeline.selective._kernels import KERNELS
 
     return KERNELS
 
@@ -602,7 +595,7 @@ class _ElasticaALM:
         ``g(alpha + beta q^2)|p| + (r1 + l1)(|p| - m.p) + r/2 |p - grad u + l2/r|^2``; ``q``: pointwise
         ``min g beta |p| q^2 + r/2 (q - div n + l4/r)^2``; ``n``: ``(I + grad grad^T) n = b - grad a`` through
         Woodbury with one DCT; ``m``: projection of ``n + l5/r + (r1 + l1) p / r`` onto the unit ball; then the
-        multipliers. The per-pixel steps run fused in :mod:`pipeline._baseline_kernels`.
+        multipliers. The per-pixel steps run fused in :mod:`pipeline.selective._kernels`.
         """
         k, r, r1 = self.kernels, self.r, self.r1
         k["shifted_rhs"](centre, 1.0 / step, r, self.px, self.py, self.l2x, self.l2y, 1.0 / r, self.v, self.l3, 1.0,

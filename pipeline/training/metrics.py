@@ -1,7 +1,7 @@
 """Per-case precision and recall of binary masks, as MONAI metrics and ignite metric handlers.
 
 MONAI's ``ConfusionMatrixMetric`` keeps raw confusion counts in its buffer, so per-case values (for the CSVs that
-:class:`pipeline.handlers.PerCaseMetrics` writes) are not available from it. :class:`OverlapRatioMetric` keeps one
+:class:`pipeline.training.handlers.PerCaseMetrics` writes) are not available from it. :class:`OverlapRatioMetric` keeps one
 value per case and channel instead, like ``DiceMetric`` does, and :class:`Precision` / :class:`Recall` wrap it as
 handlers with the same arguments as ``monai.handlers.MeanDice``.
 
@@ -77,7 +77,7 @@ class Precision(IgniteMetricHandler):
 
     Args:
         include_background, reduction: see :class:`OverlapRatioMetric`.
-        output_transform: as for ``monai.handlers.MeanDice`` (e.g. ``pipeline.handlers.channel_output(1)``).
+        output_transform: as for ``monai.handlers.MeanDice`` (e.g. ``pipeline.training.handlers.channel_output(1)``).
         save_details: keep per-case values in ``engine.state.metric_details`` (for per-case CSVs). Defaults to True.
     """
 

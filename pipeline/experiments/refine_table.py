@@ -2,7 +2,7 @@
 
 Runs, in order: the bundle's base training (``train.json``) when its checkpoint is missing (or with
 ``--train-base``), then one refinement training per variant (``train.json`` + ``refine.json``, see
-:mod:`pipeline.refine`): ``noq`` (λ = 0, no quality regulariser) and ``q`` (the config's λ > 0), optionally
+:mod:`pipeline.refine.workflow`): ``noq`` (λ = 0, no quality regulariser) and ``q`` (the config's λ > 0), optionally
 ``q-warm`` / ``q-scratch`` (trained on their own refined outputs). Each is its own MLflow run in ``varseg-<bundle>``.
 Then writes ``refine_table.md`` and ``refine_table.csv`` to ``bundles/<bundle>/eval/refine/`` (test Dice mean ± std
 over cases after 0, 1, 2 steps, after the ``k`` chosen on validation, with the early stop on predicted quality, and
@@ -11,10 +11,10 @@ more MLflow run (tag ``method = refine-table``).
 
 Command line (further ``--key value`` pairs go to every bundle run, e.g. ``--refine_epochs 5``)::
 
-    python -m pipeline.refine_table lits [--variants noq q] [--train-base] [--out DIR]
-    python -m pipeline.refine_table spect
-    python -m pipeline.refine_table brats
-    python -m pipeline.refine_table lung
+    python -m pipeline.experiments.refine_table lits [--variants noq q] [--train-base] [--out DIR]
+    python -m pipeline.experiments.refine_table spect
+    python -m pipeline.experiments.refine_table brats
+    python -m pipeline.experiments.refine_table lung
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bundle_runs import override_dict as _override_dict
-from pipeline.bundle_runs import run_bundle as _run_bundle
-from pipeline.tracking import MLflowTracker, make_run_name
+from pipeline.experiments.bundle_runs import override_dict as _override_dict
+from pipeline.experiments.bundle_runs import run_bundle as _run_bundle
+from pipeline.training.tracking import MLflowTracker, make_run_name
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def write_csv(path: Path, summaries: Mapping[str, Mapping[str, Any]], seconds: M
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.refine_table", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.experiments.refine_table", description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", choices=BUNDLES, help="bundle whose base model is refined")
     parser.add_argument("--variants", nargs="+", default=["noq", "q"], choices=list(VARIANTS))
     parser.add_argument("--train-base", action="store_true", help="train the base model even if its checkpoint exists")

@@ -1,4 +1,4 @@
-"""Fused per-pixel kernels of the TV-ADMM and elastica-ALM sweeps (:mod:`pipeline.baselines`), compiled with numba.
+"""Fused per-pixel kernels of the TV-ADMM and elastica-ALM sweeps (:mod:`pipeline.selective.baselines`), compiled with numba.
 
 Each kernel does in one pass over the image what the NumPy form of the sweep does with a dozen temporaries: the
 same forward differences (zero in the last row / column), the same divergence (minus their adjoint) and the same
@@ -11,7 +11,7 @@ left, right) as arguments; the interior call passes constants. Energies and othe
 array and then over the rows in order, so they do not depend on the number of threads. Kernels are compiled on first
 use and cached on disk by numba: they are module-level functions, because numba's cache does not serve functions
 that close over other jitted functions (their key changes from one process to the next). Import this module lazily
-(:func:`pipeline.baselines.kernels`): importing it imports numba.
+(:func:`pipeline.selective.baselines.kernels`): importing it imports numba.
 """
 
 from __future__ import annotations
