@@ -5,7 +5,7 @@ Bundles themselves run through ``python -m monai.bundle run --config_file bundle
     varseg runs [--experiment varseg-lits] [--last 5]   # the runs, their metrics, UI command, chart/compare links
     varseg ui [--port 5000]                             # serve the MLflow UI on 127.0.0.1
     varseg make-data {lits,lung,spect,brats} OUT_DIR [--num-cases N] ...  # write synthetic phantoms in a dataset's layout
-    varseg infer {lits,lung,spect} --input PATH [--output DIR] ...  # batch inference (see python -m pipeline.inference.batch)
+    varseg infer {lits,lung,spect} --input PATH [--output DIR] ...  # batch inference (see python -m pipeline.inference.cli)
     varseg cascade [--fractions 1/23 1/10 1/3] ...  # LiTS liver -> lesion cascade table (python -m pipeline.experiments.cascade)
 """
 
@@ -83,17 +83,17 @@ def _make_data(args: argparse.Namespace) -> int:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from pipeline.inference import batch
+    from pipeline.inference import cli
 
-    return int(batch.main(args.rest, prog="varseg infer"))
+    return int(cli.main(args.rest, prog="varseg infer"))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["infer"]:  # every other argument belongs to the batch command (its own --help included)
-        from pipeline.inference import batch
+        from pipeline.inference import cli
 
-        return int(batch.main(argv[1:], prog="varseg infer"))
+        return int(cli.main(argv[1:], prog="varseg infer"))
     if argv[:1] == ["cascade"]:  # likewise for the cascade command
         from pipeline.experiments import cascade
 

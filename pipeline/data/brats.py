@@ -60,7 +60,6 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 from collections.abc import Sequence
@@ -73,8 +72,9 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from ._writing import DATASET_JSON, atomic_write, nifti_image, sync_dataset_json
-from .lits import _check_shape, _Field
+from pipeline.io.files import atomic_write, nifti_image
+
+from .scaffold import DATASET_JSON, Field, check_shape, phantom_parser, run_phantom_command, sync_dataset_json
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class _Blob:
     centre: np.ndarray
     semi: np.ndarray
     rotation: np.ndarray
-    shape_field: _Field
+    shape_field: Field
 
 
 @dataclass(frozen=True)
@@ -134,12 +134,12 @@ class _Anatomy:
     """Brain outline, CSF spaces, grey matter and the tumour (mm of a real-size brain, LPS, brain-centred)."""
 
     semi: np.ndarray
-    surface: _Field
+    surface: Field
     csf_mm: float
-    sulci: _Field
+    sulci: Field
     sulcus_mm: float
     cortex_mm: float
-    cortex_var: _Field
+    cortex_var: Field
     fissure_mm: float
     fissure_z: float
     ventricle: tuple[float, float, float, float, float, float, float]
@@ -154,8 +154,8 @@ class _Acquisition:
     """Per-case signal table (tissue -> 4 modalities), textures, bias directions and noise level."""
 
     signal: dict[str, np.ndarray]
-    texture: tuple[_Field, ...]
-    bias: tuple[_Field, ...]
+    texture: tuple[Field, ...]
+    bias: tuple[Field, ...]
     noise_fraction: float
 
 
@@ -179,10 +179,10 @@ def _draw_brain(rng: np.random.Generator) -> dict[str, Any]:
         for side in (-1.0, 1.0):
             deep_gm.append((np.array([side * centre[0], centre[1], centre[2]], float), np.array(size) * jitter))
     return dict(
-        semi=semi, surface=_Field.draw(rng, 6, (60, 160), float(rng.uniform(0.02, 0.035))),
-        csf_mm=float(rng.uniform(1.5, 2.5)), sulci=_Field.draw(rng, 10, (14, 32), 0.5),
+        semi=semi, surface=Field.draw(rng, 6, (60, 160), float(rng.uniform(0.02, 0.035))),
+        csf_mm=float(rng.uniform(1.5, 2.5)), sulci=Field.draw(rng, 10, (14, 32), 0.5),
         sulcus_mm=float(rng.uniform(6, 10)), cortex_mm=float(rng.uniform(4.5, 6)),
-        cortex_var=_Field.draw(rng, 8, (15, 40), 1.0), fissure_mm=float(rng.uniform(1.0, 1.6)),
+        cortex_var=Field.draw(rng, 8, (15, 40), 1.0), fissure_mm=float(rng.uniform(1.0, 1.6)),
         fissure_z=float(rng.uniform(18, 26)), ventricle=ventricle, deep_gm=tuple(deep_gm),
     )
 
@@ -204,10 +204,10 @@ def _draw_tumour(rng: np.random.Generator, semi: np.ndarray) -> dict[str, _Blob]
     r_core = r_enh * float(rng.uniform(0.4, 0.65))
     r_oed = r_enh * float(rng.uniform(1.5, 2.2))
     return {
-        "core": _Blob(centre, r_core * ratios, rotation, _Field.draw(rng, 6, (15, 45), 0.08)),
-        "rim": _Blob(centre, r_enh * ratios, rotation, _Field.draw(rng, 6, (15, 45), 0.06)),
+        "core": _Blob(centre, r_core * ratios, rotation, Field.draw(rng, 6, (15, 45), 0.08)),
+        "rim": _Blob(centre, r_enh * ratios, rotation, Field.draw(rng, 6, (15, 45), 0.06)),
         "oedema": _Blob(centre, r_oed * ratios * rng.uniform(0.85, 1.15, 3), rotation,
-                        _Field.draw(rng, 8, (15, 60), 0.15)),
+                        Field.draw(rng, 8, (15, 60), 0.15)),
     }
 
 
@@ -221,8 +221,8 @@ def _draw_acquisition(rng: np.random.Generator) -> _Acquisition:
     """Signal table with per-case jitter and gains, texture and bias-field directions, noise level."""
     gain = rng.uniform(0.75, 1.3, 4)
     signal = {name: np.asarray(values) * rng.uniform(0.94, 1.06, 4) * gain for name, values in _SIGNAL.items()}
-    texture = tuple(_Field.draw(rng, 4, (10, 40), 0.03) for _ in BRATS_MODALITY_NAMES)
-    bias = tuple(_Field.draw(rng, 4, (200, 500), 1.0) for _ in BRATS_MODALITY_NAMES)
+    texture = tuple(Field.draw(rng, 4, (10, 40), 0.03) for _ in BRATS_MODALITY_NAMES)
+    bias = tuple(Field.draw(rng, 4, (200, 500), 1.0) for _ in BRATS_MODALITY_NAMES)
     return _Acquisition(signal, texture, bias, float(rng.uniform(0.02, 0.04)))
 
 
@@ -303,7 +303,7 @@ def _compose(anat: _Anatomy, shape: tuple[int, int, int]) -> tuple[np.ndarray, n
     return tissue, label, scale
 
 
-def _bias_field(direction: _Field, strength: float, axes: tuple[np.ndarray, ...], brain: np.ndarray) -> np.ndarray:
+def _bias_field(direction: Field, strength: float, axes: tuple[np.ndarray, ...], brain: np.ndarray) -> np.ndarray:
     """``exp(strength * f)`` with ``f`` normalised to zero mean and unit std over the brain (ones for strength 0)."""
     if strength == 0.0:
         return np.ones(brain.shape, np.float32)
@@ -393,7 +393,7 @@ def make_brats_case(index: int, shape: Sequence[int] = DEFAULT_SHAPE, seed: int 
     """
     if int(index) != index or index < 0:
         raise ValueError(f"case index must be a non-negative integer, got {index!r}")
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     strength = _check_bias_strength(bias_strength)
     rng_anatomy, rng_acquisition, rng_noise = np.random.default_rng([int(seed), int(index)]).spawn(3)
     anat = _draw_anatomy(rng_anatomy)
@@ -473,7 +473,7 @@ def _sync_dataset_json(folder: Path, shape: tuple[int, int, int], seed: int, bia
 def _generate(out_dir: str | Path, num_cases: int, shape: Sequence[int], seed: int, bias_strength: float,
               start_index: int, overwrite: bool, progress: bool) -> tuple[list[dict[str, Any]], int]:
     """Write the phantoms; returns the datalist and the number of cases actually written."""
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     strength = _check_bias_strength(bias_strength)
     if int(num_cases) != num_cases or num_cases < 1 or int(start_index) != start_index or start_index < 0:
         raise ValueError(f"num_cases must be >= 1 and start_index >= 0, got {num_cases!r} and {start_index!r}")
@@ -549,7 +549,7 @@ def brats_datalist(dataset_dir: str | Path | None, synthetic_dir: str | Path, nu
             requested modality.
         ValueError: if ``synthetic_dir`` holds phantoms of other settings, or for an unknown modality name.
     """
-    from pipeline.io.layouts import index_brats# pipeline.io.layouts imports this package: import when called
+    from pipeline.io.layouts import index_brats  # pipeline.io.layouts imports this package: import when called
 
     if dataset_dir is not None and str(dataset_dir).strip() not in ("", "synthetic"):
         return index_brats(dataset_dir, modalities=modalities)
@@ -564,41 +564,16 @@ def brats_datalist(dataset_dir: str | Path | None, synthetic_dir: str | Path, nu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point: write phantoms and print a one-line summary.
-
-    Args:
-        argv: arguments (default: ``sys.argv[1:]``).
-
-    Returns:
-        The exit status.
-    """
-    parser = argparse.ArgumentParser(prog="python -m pipeline.data.brats",
-                                     description="Write synthetic BraTS-style brain MR phantoms (BraTS 2020 layout).")
-    parser.add_argument("out_dir", nargs="?", default=None, help="output folder (or --out)")
-    parser.add_argument("--out", dest="out_option", default=None, help="output folder")
-    parser.add_argument("--num-cases", type=int, default=16, help="number of cases (default 16)")
-    parser.add_argument("--shape", type=int, nargs=3, default=list(DEFAULT_SHAPE), metavar=("X", "Y", "Z"),
-                        help=f"grid size in 1 mm voxels (default {' '.join(map(str, DEFAULT_SHAPE))})")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    """``varseg make-data brats``: write phantoms and print a one-line summary; returns the exit status."""
+    parser = phantom_parser("brats", "Write synthetic BraTS-style brain MR phantoms (BraTS 2020 layout).", 16,
+                            DEFAULT_SHAPE, shape_help="grid size in 1 mm voxels")
     parser.add_argument("--bias-strength", type=float, default=DEFAULT_BIAS_STRENGTH,
                         help=f"bias-field strength, 0 = none (default {DEFAULT_BIAS_STRENGTH})")
-    parser.add_argument("--start-index", type=int, default=0, help="number of the first case (default 0)")
-    parser.add_argument("--overwrite", action="store_true", help="regenerate existing cases")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    if (args.out_dir is None) == (args.out_option is None):
-        parser.error("give the output folder once: as OUT_DIR or as --out DIR")
-    out_dir = args.out_dir if args.out_dir is not None else args.out_option
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        datalist, written = _generate(out_dir, args.num_cases, args.shape, args.seed, args.bias_strength,
-                                      args.start_index, args.overwrite, not args.no_progress)
-    except ValueError as err:
-        parser.exit(2, f"error: {err}\n")
-    print(f"{len(datalist)} BraTS phantom cases in {Path(out_dir).expanduser().absolute()} ({written} written, "
-          f"{len(datalist) - written} already present; shape {tuple(args.shape)}, seed {args.seed}, "
-          f"bias strength {args.bias_strength})")
-    return 0
+    return run_phantom_command(
+        parser, argv, "BraTS phantom cases",
+        lambda a: _generate(a.out_dir, a.num_cases, a.shape, a.seed, a.bias_strength, a.start_index, a.overwrite,
+                            not a.no_progress),
+        details=lambda a: f"bias strength {a.bias_strength}")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from collections.abc import Sequence
@@ -61,8 +60,18 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from pipeline.io.datasets import LITS_SEGMENTATION_RE, LITS_VOLUME_RE, LayoutError, index_lits
+from pipeline.io.files import atomic_write, nifti_image
 
-from ._writing import DATASET_JSON, atomic_write, nifti_image, sync_dataset_json
+from .scaffold import (
+    DATASET_JSON,
+    Field,
+    Grid,
+    check_shape,
+    phantom_parser,
+    run_phantom_command,
+    segment_mask,
+    sync_dataset_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,83 +93,7 @@ TISSUES: dict[str, int] = {
 GENERATOR = "pipeline.data.lits"
 GENERATOR_VERSION = 1
 _T = TISSUES
-_MIN_SIZE, _MAX_SIZE = 8, 2048
 _HU_MIN, _HU_MAX = -1024, 3071
-
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Smooth random fields and sampling grids
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Field:
-    """A smooth random field in millimetres: a sum of plane waves ``amp * cos(k . p + phase)``."""
-
-    k: np.ndarray
-    phase: np.ndarray
-    amp: np.ndarray
-
-    @classmethod
-    def draw(cls, rng: np.random.Generator, modes: int, wavelength_mm: tuple[float, float], std: float) -> _Field:
-        """Draw a field of ``modes`` plane waves with log-uniform wavelengths and overall standard deviation ``std``."""
-        direction = rng.normal(size=(modes, 3))
-        direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-        wavelength = np.exp(rng.uniform(np.log(wavelength_mm[0]), np.log(wavelength_mm[1]), modes))
-        k = direction * (2.0 * np.pi / wavelength)[:, None]
-        return cls(k, rng.uniform(0.0, 2.0 * np.pi, modes), np.full(modes, std * math.sqrt(2.0 / modes)))
-
-    def on_grid(self, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray) -> np.ndarray:
-        """Evaluate the field on the grid spanned by 1-D coordinates; float32 ``(len(xs), len(ys), len(zs))``."""
-        out = np.zeros((xs.size, ys.size, zs.size), np.float32)
-        for (kx, ky, kz), phase, amp in zip(self.k, self.phase, self.amp):
-            plane = kx * xs[:, None] + ky * ys[None, :] + phase
-            out += np.cos(plane).astype(np.float32)[:, :, None] * (amp * np.cos(kz * zs)).astype(np.float32)
-            out -= np.sin(plane).astype(np.float32)[:, :, None] * (amp * np.sin(kz * zs)).astype(np.float32)
-        return out
-
-
-@dataclass(frozen=True)
-class _Grid:
-    """Voxel-centre coordinates (mm, patient frame) of an axis-aligned grid."""
-
-    xs: np.ndarray
-    ys: np.ndarray
-    zs: np.ndarray
-    spacing: tuple[float, float, float]
-
-    @classmethod
-    def centred(cls, shape: tuple[int, int, int], spacing: Sequence[float], centre: Sequence[float]) -> _Grid:
-        """Grid of ``shape`` voxels of ``spacing`` mm whose centre is at ``centre`` (mm)."""
-        axes = [c + (np.arange(n) - (n - 1) / 2.0) * s for n, s, c in zip(shape, spacing, centre)]
-        return cls(axes[0], axes[1], axes[2], (float(spacing[0]), float(spacing[1]), float(spacing[2])))
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """Number of voxels along x, y, z."""
-        return self.xs.size, self.ys.size, self.zs.size
-
-    def sub(self, steps: tuple[int, int, int]) -> _Grid:
-        """Every ``steps``-th voxel along each axis (a subset of this grid's voxel centres)."""
-        sx, sy, sz = steps
-        return _Grid(self.xs[::sx], self.ys[::sy], self.zs[::sz],
-                     (self.spacing[0] * sx, self.spacing[1] * sy, self.spacing[2] * sz))
-
-    def box(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, slice, slice] | None:
-        """Index box of the voxels whose centres lie within ``[lo, hi]`` mm, or None when it is empty."""
-        out = []
-        for axis, a, b in zip((self.xs, self.ys, self.zs), lo, hi):
-            i0, i1 = np.searchsorted(axis, a, "left"), np.searchsorted(axis, b, "right")
-            if i1 <= i0:
-                return None
-            out.append(slice(int(i0), int(i1)))
-        return out[0], out[1], out[2]
-
-    def coords(self, box: tuple[slice, slice, slice], centre: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Broadcastable offsets (mm) from ``centre`` of the voxel centres in ``box``."""
-        return (self.xs[box[0]][:, None, None] - centre[0], self.ys[box[1]][None, :, None] - centre[1],
-                self.zs[box[2]][None, None, :] - centre[2])
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -234,20 +167,20 @@ class _Liver:
 
     centre: np.ndarray
     semi: np.ndarray
-    shape_field: _Field
+    shape_field: Field
     base_hu: float
-    texture: _Field
+    texture: Field
 
 
 @dataclass(frozen=True)
 class _Viscera:
     """Bowel/visceral-fat mix: fat where ``bowel < fat_level``, gas pockets where both fields are high."""
 
-    bowel: _Field
-    gas: _Field
+    bowel: Field
+    gas: Field
     fat_level: float
     bowel_hu: float
-    fat_texture: _Field
+    fat_texture: Field
 
 
 @dataclass(frozen=True)
@@ -320,8 +253,8 @@ def _draw_liver(rng: np.random.Generator, body: _Body) -> _Liver:
     """Liver in the patient's right, reaching the right body wall and crossing the midline anteriorly."""
     centre = np.array([rng.uniform(0.30, 0.40) * body.a, rng.uniform(0.0, 0.12) * body.b, 0.0])
     semi = np.array([rng.uniform(0.55, 0.65) * body.a, rng.uniform(0.62, 0.75) * body.b, rng.uniform(75, 95)])
-    return _Liver(centre=centre, semi=semi, shape_field=_Field.draw(rng, 6, (60, 160), float(rng.uniform(0.04, 0.08))),
-                  base_hu=float(rng.uniform(58, 82)), texture=_Field.draw(rng, 8, (15, 80), float(rng.uniform(3, 6))))
+    return _Liver(centre=centre, semi=semi, shape_field=Field.draw(rng, 6, (60, 160), float(rng.uniform(0.04, 0.08))),
+                  base_hu=float(rng.uniform(58, 82)), texture=Field.draw(rng, 8, (15, 80), float(rng.uniform(3, 6))))
 
 
 def _draw_organs(rng: np.random.Generator, spine: _Spine,
@@ -366,9 +299,9 @@ def _draw_anatomy(rng: np.random.Generator) -> _Anatomy:
     origin = np.array([rng.uniform(-20, 20), rng.uniform(-40, 10), rng.uniform(-650, -350)])
     body = _draw_body(rng, spacing[0])
     spine = _draw_spine(rng, body)
-    viscera = _Viscera(bowel=_Field.draw(rng, 8, (15, 50), 1.0), gas=_Field.draw(rng, 6, (8, 25), 1.0),
+    viscera = _Viscera(bowel=Field.draw(rng, 8, (15, 50), 1.0), gas=Field.draw(rng, 6, (8, 25), 1.0),
                        fat_level=float(rng.uniform(-0.4, 0.3)), bowel_hu=float(rng.uniform(20, 45)),
-                       fat_texture=_Field.draw(rng, 4, (10, 40), 6.0))
+                       fat_texture=Field.draw(rng, 4, (10, 40), 6.0))
     liver = _draw_liver(rng, body)
     kidneys, gallbladder = _draw_organs(rng, spine, liver)
     count = int(rng.choice([1, 2, 3, 4, 5], p=[0.15, 0.25, 0.25, 0.2, 0.15]))
@@ -431,7 +364,7 @@ def _spine_parts(spine: _Spine, body: _Body, x: np.ndarray, y: np.ndarray) -> li
     ]
 
 
-def _cross_section(anat: _Anatomy, grid: _Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _cross_section(anat: _Anatomy, grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """z-invariant part of the anatomy: 2-D tissue, HU, free cavity mask and vertebral-body mask."""
     x, y = grid.xs[:, None], grid.ys[None, :]
     tissue, hu, cavity = _body_layers(anat.body, x, y)
@@ -444,13 +377,13 @@ def _cross_section(anat: _Anatomy, grid: _Grid) -> tuple[np.ndarray, np.ndarray,
     return tissue, hu, cavity, vertebra
 
 
-def _ellipsoid_mask(grid: _Grid, ell: _Ellipsoid) -> np.ndarray:
+def _ellipsoid_mask(grid: Grid, ell: _Ellipsoid) -> np.ndarray:
     """Boolean mask of an axis-aligned ellipsoid on the grid."""
     terms = [((axis - c) / s) ** 2 for axis, c, s in zip((grid.xs, grid.ys, grid.zs), ell.centre, ell.semi)]
     return (terms[0][:, None, None] + terms[1][None, :, None] + terms[2][None, None, :]) < 1.0
 
 
-def _paint_viscera(anat: _Anatomy, grid: _Grid, cavity: np.ndarray, scene: _Scene) -> None:
+def _paint_viscera(anat: _Anatomy, grid: Grid, cavity: np.ndarray, scene: _Scene) -> None:
     """Fill the free cavity with visceral fat, bowel/soft tissue and gas pockets."""
     vis = anat.viscera
     bowel = vis.bowel.on_grid(grid.xs, grid.ys, grid.zs)
@@ -463,7 +396,7 @@ def _paint_viscera(anat: _Anatomy, grid: _Grid, cavity: np.ndarray, scene: _Scen
     scene.tissue[gas], scene.hu[gas] = _T["air"], -990.0
 
 
-def _liver_mask(liver: _Liver, grid: _Grid) -> np.ndarray:
+def _liver_mask(liver: _Liver, grid: Grid) -> np.ndarray:
     """Wedge-shaped irregular ellipsoid: thick laterally, thin medial left lobe shifted anteriorly, narrower below."""
     (cx, cy, cz), (ax, ay, az) = liver.centre, liver.semi
     lateral = _smoothstep((grid.xs - (cx - ax)) / (1.3 * ax))
@@ -479,7 +412,7 @@ def _liver_mask(liver: _Liver, grid: _Grid) -> np.ndarray:
     return level < 1.0
 
 
-def _compose(anat: _Anatomy, grid: _Grid) -> _Scene:
+def _compose(anat: _Anatomy, grid: Grid) -> _Scene:
     """Tissue classes, noise-free HU and liver mask of the whole anatomy (without lesions and liver vessels)."""
     tissue2, hu2, cavity2, vertebra2 = _cross_section(anat, grid)
     nz = grid.shape[2]
@@ -539,7 +472,7 @@ def _candidate_centre(anat: _Anatomy, extent: np.ndarray, rng: np.random.Generat
                      _clamp_centre(centre[1], anat.body.b, extent[1] / 2)])
 
 
-def _fov_score(anat: _Anatomy, grid: _Grid) -> tuple[bool, float]:
+def _fov_score(anat: _Anatomy, grid: Grid) -> tuple[bool, float]:
     """Whether a (coarse) FOV holds >= 30 % liver and >= 2 other tissue classes (>= 1 % each), and a score."""
     tissue = _compose(anat, grid).tissue
     fractions = np.bincount(tissue.ravel(), minlength=len(TISSUES)) / tissue.size
@@ -548,15 +481,15 @@ def _fov_score(anat: _Anatomy, grid: _Grid) -> tuple[bool, float]:
     return liver >= 0.3 and others >= 2, float(liver > 0.05) + min(liver, 0.5) + 0.1 * min(others, 3)
 
 
-def _place_fov(anat: _Anatomy, shape: tuple[int, int, int], rng: np.random.Generator) -> _Grid:
+def _place_fov(anat: _Anatomy, shape: tuple[int, int, int], rng: np.random.Generator) -> Grid:
     """Grid of ``shape`` placed as described in the module docstring."""
     extent = np.asarray(shape, float) * np.asarray(anat.spacing)
     z = anat.liver.centre[2] + rng.uniform(-0.2, 0.2) * anat.liver.semi[2]
     steps = (max(1, shape[0] // 32), max(1, shape[1] // 32), max(1, shape[2] // 16))
-    best: tuple[float, _Grid] | None = None
+    best: tuple[float, Grid] | None = None
     for attempt in range(24):
         centre = _candidate_centre(anat, extent, rng, 1.0 - attempt / 23.0)
-        grid = _Grid.centred(shape, anat.spacing, (centre[0], centre[1], z))
+        grid = Grid.centred(shape, anat.spacing, (centre[0], centre[1], z))
         ok, score = _fov_score(anat, grid.sub(steps))
         if ok:
             logger.debug("field of view centred at %s mm after %d attempt(s)", np.round(centre, 1), attempt + 1)
@@ -577,13 +510,13 @@ def _coarse_steps(shape: tuple[int, int, int]) -> tuple[int, int, int]:
     return max(1, round(shape[0] / 64)), max(1, round(shape[1] / 64)), max(1, round(shape[2] / 32))
 
 
-def _liver_depth(liver: np.ndarray, grid: _Grid) -> np.ndarray:
+def _liver_depth(liver: np.ndarray, grid: Grid) -> np.ndarray:
     """Distance (mm) of each liver voxel to the nearest non-liver voxel or in-plane edge of the grid."""
     padded = np.pad(liver, ((1, 1), (1, 1), (0, 0)))
     return ndimage.distance_transform_edt(padded, sampling=grid.spacing)[1:-1, 1:-1, :]
 
 
-def _lesion_centres(anat: _Anatomy, grid: _Grid, liver: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+def _lesion_centres(anat: _Anatomy, grid: Grid, liver: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
     """Centres (mm) inside the liver and the grid, deep enough for each lesion and apart from each other."""
     steps = _coarse_steps(grid.shape)
     coarse = grid.sub(steps)
@@ -605,7 +538,7 @@ def _lesion_centres(anat: _Anatomy, grid: _Grid, liver: np.ndarray, rng: np.rand
     return centres
 
 
-def _lesion_weight(grid: _Grid, centre: np.ndarray,
+def _lesion_weight(grid: Grid, centre: np.ndarray,
                    lesion: _Lesion) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray] | None:
     """Index box, darkening weight in [0, 1] (with rim) and inside mask of one lesion, or None if off the grid.
 
@@ -626,7 +559,7 @@ def _lesion_weight(grid: _Grid, centre: np.ndarray,
     return box, weight, dist < 1.0
 
 
-def _paint_lesions(anat: _Anatomy, grid: _Grid, scene: _Scene, rng: np.random.Generator) -> np.ndarray:
+def _paint_lesions(anat: _Anatomy, grid: Grid, scene: _Scene, rng: np.random.Generator) -> np.ndarray:
     """Darken the liver at each lesion; returns the lesion mask (inside the liver, never empty)."""
     drop = np.zeros(grid.shape, np.float32)
     mask = np.zeros(grid.shape, bool)
@@ -655,7 +588,7 @@ def _vessel_path(start: np.ndarray, rng: np.random.Generator, steps: int, step_m
     return np.asarray(points)
 
 
-def _vessel_trees(anat: _Anatomy, grid: _Grid, liver: np.ndarray,
+def _vessel_trees(anat: _Anatomy, grid: Grid, liver: np.ndarray,
                   rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """Curves (points, radii, HU) through the liver in the grid: trunks tapering outwards and some branches."""
     steps = _coarse_steps(grid.shape)
@@ -676,25 +609,11 @@ def _vessel_trees(anat: _Anatomy, grid: _Grid, liver: np.ndarray,
     return trees
 
 
-def _segment_mask(grid: _Grid, a: np.ndarray, b: np.ndarray, ra: float,
-                  rb: float) -> tuple[tuple[slice, ...], np.ndarray] | None:
-    """Index box and mask of a tapered cylinder (capsule) from ``a`` to ``b``."""
-    r = max(ra, rb)
-    box = grid.box(np.minimum(a, b) - r, np.maximum(a, b) + r)
-    if box is None:
-        return None
-    px, py, pz = grid.coords(box, a)
-    d = b - a
-    t = np.clip((px * d[0] + py * d[1] + pz * d[2]) / max(float(d @ d), 1e-9), 0.0, 1.0)
-    dist2 = (px - t * d[0]) ** 2 + (py - t * d[1]) ** 2 + (pz - t * d[2]) ** 2
-    return box, dist2 < (ra + t * (rb - ra)) ** 2
-
-
-def _paint_vessels(anat: _Anatomy, grid: _Grid, scene: _Scene, lesion: np.ndarray, rng: np.random.Generator) -> None:
+def _paint_vessels(anat: _Anatomy, grid: Grid, scene: _Scene, lesion: np.ndarray, rng: np.random.Generator) -> None:
     """Contrast-enhanced vessels inside the liver (lesions displace them)."""
     for path, radii, hu in _vessel_trees(anat, grid, scene.liver, rng):
         for k in range(len(path) - 1):
-            found = _segment_mask(grid, path[k], path[k + 1], float(radii[k]), float(radii[k + 1]))
+            found = segment_mask(grid, path[k], path[k + 1], float(radii[k]), float(radii[k + 1]))
             if found is None:
                 continue
             box, mask = found
@@ -719,17 +638,7 @@ class _Phantom:
     noise_sigma: float
 
 
-def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
-    """Validate a grid shape of three integers in [8, 2048]."""
-    values = tuple(int(s) for s in shape)
-    if len(values) != 3 or any(v != s for v, s in zip(values, shape)):
-        raise ValueError(f"shape must be three integers (x, y, z), got {shape!r}")
-    if any(not _MIN_SIZE <= v <= _MAX_SIZE for v in values):
-        raise ValueError(f"shape {values} out of range: each size must be in [{_MIN_SIZE}, {_MAX_SIZE}]")
-    return values[0], values[1], values[2]
-
-
-def _affine(anat: _Anatomy, grid: _Grid) -> np.ndarray:
+def _affine(anat: _Anatomy, grid: Grid) -> np.ndarray:
     """Diagonal RAS+ voxel-to-world affine; the world origin is the case's table position."""
     affine = np.diag([*anat.spacing, 1.0])
     affine[:3, 3] = anat.origin + np.array([grid.xs[0], grid.ys[0], grid.zs[0]])
@@ -751,7 +660,7 @@ def _render_case(index: int, shape: Sequence[int] = (128, 128, 32), seed: int = 
     """Render case ``index`` of ``seed`` on a grid of ``shape`` (see the module docstring)."""
     if int(index) != index or index < 0:
         raise ValueError(f"case index must be a non-negative integer, got {index!r}")
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     rng_anatomy, rng_place, rng_noise = np.random.default_rng([int(seed), int(index)]).spawn(3)
     anat = _draw_anatomy(rng_anatomy)
     grid = _place_fov(anat, shape, rng_place)
@@ -835,7 +744,7 @@ def _sync_dataset_json(folder: Path, shape: tuple[int, int, int], seed: int, cas
 def _generate(out_dir: str | Path, num_cases: int, shape: Sequence[int], seed: int, start_index: int,
               overwrite: bool, progress: bool) -> tuple[list[dict[str, str]], int]:
     """Write the phantoms; returns the datalist and the number of cases actually written."""
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     if int(num_cases) != num_cases or num_cases < 1 or int(start_index) != start_index or start_index < 0:
         raise ValueError(f"num_cases must be >= 1 and start_index >= 0, got {num_cases!r} and {start_index!r}")
     folder = Path(out_dir).expanduser().absolute()
@@ -876,7 +785,6 @@ def generate_lits_phantoms(out_dir: str | Path, num_cases: int = 16, shape: Sequ
     return _generate(out_dir, num_cases, shape, seed, start_index, overwrite, progress)[0]
 
 
-
 def lits_datalist(dataset_dir: str | Path | None, synthetic_dir: str | Path, num_cases: int = 16,
                   shape: Sequence[int] = (128, 128, 32), seed: int = 0) -> list[dict[str, str]]:
     """Datalist of the real LiTS folder ``dataset_dir``, or of synthetic phantoms when it is not given.
@@ -907,34 +815,10 @@ def lits_datalist(dataset_dir: str | Path | None, synthetic_dir: str | Path, num
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point: write phantoms and print a one-line summary.
-
-    Args:
-        argv: arguments (default: ``sys.argv[1:]``).
-
-    Returns:
-        The exit status.
-    """
-    parser = argparse.ArgumentParser(prog="varseg make-data lits",
-                                     description="Write synthetic LiTS-layout CT phantoms.")
-    parser.add_argument("out_dir", help="output folder")
-    parser.add_argument("--num-cases", type=int, default=16, help="number of cases (default 16)")
-    parser.add_argument("--shape", type=int, nargs=3, default=[128, 128, 32], metavar=("X", "Y", "Z"),
-                        help="grid size in voxels (default 128 128 32)")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
-    parser.add_argument("--start-index", type=int, default=0, help="number of the first case (default 0)")
-    parser.add_argument("--overwrite", action="store_true", help="regenerate existing cases")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        datalist, written = _generate(args.out_dir, args.num_cases, args.shape, args.seed, args.start_index,
-                                      args.overwrite, not args.no_progress)
-    except ValueError as err:
-        parser.exit(2, f"error: {err}\n")
-    print(f"{len(datalist)} LiTS phantom cases in {Path(args.out_dir).expanduser().absolute()} ({written} written, "
-          f"{len(datalist) - written} already present; shape {tuple(args.shape)}, seed {args.seed})")
-    return 0
+    """``varseg make-data lits``: write phantoms and print a one-line summary; returns the exit status."""
+    parser = phantom_parser("lits", "Write synthetic LiTS-layout CT phantoms.", 16, (128, 128, 32))
+    return run_phantom_command(parser, argv, "LiTS phantom cases", lambda a: _generate(
+        a.out_dir, a.num_cases, a.shape, a.seed, a.start_index, a.overwrite, not a.no_progress))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,6 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from collections.abc import Sequence
@@ -76,9 +75,18 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from pipeline.io.datasets import IMAGES_DIR, LUNG_IMAGE_RE, MASKS_DIR, index_lung
+from pipeline.io.files import atomic_write, nifti_image
 
-from ._writing import DATASET_JSON, atomic_write, nifti_image, sync_dataset_json
-from .lits import _check_shape, _Field, _Grid, _segment_mask
+from .scaffold import (
+    DATASET_JSON,
+    Field,
+    Grid,
+    check_shape,
+    phantom_parser,
+    run_phantom_command,
+    segment_mask,
+    sync_dataset_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +150,7 @@ class _Mediastinum:
 
     half_width: float
     soft_hu: float
-    fat: _Field
+    fat: Field
     fat_level: float
     heart_centre: np.ndarray
     heart_semi: np.ndarray
@@ -167,10 +175,10 @@ class _Lungs:
     base_z: tuple[float, float]
     dome: float
     margin: float
-    shape_field: _Field
+    shape_field: Field
     base_hu: float
     gradient_hu: float
-    texture: _Field
+    texture: Field
     abdomen_hu: float
 
 
@@ -231,7 +239,7 @@ def _draw_mediastinum(rng: np.random.Generator, wall: _Wall, bones: _Bones, cont
     aorta_hu = float(rng.uniform(150, 250)) if contrast else float(rng.uniform(40, 50))
     return _Mediastinum(
         half_width=float(rng.uniform(18, 26)), soft_hu=float(rng.uniform(35, 55)),
-        fat=_Field.draw(rng, 6, (15, 50), 1.0), fat_level=float(rng.uniform(-0.8, -0.3)),
+        fat=Field.draw(rng, 6, (15, 50), 1.0), fat_level=float(rng.uniform(-0.8, -0.3)),
         heart_centre=np.array([-rng.uniform(12, 25), rng.uniform(0.15, 0.3) * wall.b, -rng.uniform(40, 60)]),
         heart_semi=np.array([rng.uniform(50, 62), rng.uniform(0.32, 0.4) * wall.b, rng.uniform(50, 62)]),
         heart_hu=float(rng.uniform(35, 55)),
@@ -251,9 +259,9 @@ def _draw_lungs(rng: np.random.Generator, wall: _Wall) -> _Lungs:
         cx=0.5 * wall.a, cy=float(rng.uniform(-0.1, 0.05)) * wall.b, ax=0.75 * wall.a, ay=1.05 * wall.b,
         mid_z=0.0, apex_z=0.5 * height, base_z=(right_base - float(rng.uniform(10, 20)), right_base),
         dome=float(rng.uniform(25, 40)), margin=float(rng.uniform(2, 4)),
-        shape_field=_Field.draw(rng, 6, (50, 150), float(rng.uniform(0.03, 0.06))),
+        shape_field=Field.draw(rng, 6, (50, 150), float(rng.uniform(0.03, 0.06))),
         base_hu=float(rng.uniform(-870, -830)), gradient_hu=float(rng.uniform(10, 30)),
-        texture=_Field.draw(rng, 8, (8, 40), float(rng.uniform(8, 15))), abdomen_hu=float(rng.uniform(45, 65)),
+        texture=Field.draw(rng, 8, (8, 40), float(rng.uniform(8, 15))), abdomen_hu=float(rng.uniform(45, 65)),
     )
 
 
@@ -340,7 +348,7 @@ def _spine_parts(bones: _Bones, wall: _Wall, x: np.ndarray, y: np.ndarray) -> li
     ]
 
 
-def _ribs(anat: _Anatomy, grid: _Grid, x: np.ndarray, y: np.ndarray, depth: np.ndarray,
+def _ribs(anat: _Anatomy, grid: Grid, x: np.ndarray, y: np.ndarray, depth: np.ndarray,
           inner: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """3-D masks of rib bone, rib marrow and costal cartilage just inside the muscle wall."""
     bones = anat.bones
@@ -356,7 +364,7 @@ def _ribs(anat: _Anatomy, grid: _Grid, x: np.ndarray, y: np.ndarray, depth: np.n
     return rib & ~cartilage_zone, (level < 0.35) & ~cartilage_zone, rib & cartilage_zone
 
 
-def _mediastinum_mask(anat: _Anatomy, grid: _Grid, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+def _mediastinum_mask(anat: _Anatomy, grid: Grid, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     """3-D masks of the mediastinum (everything between the lungs), heart, aortas and trachea."""
     med, bones = anat.mediastinum, anat.bones
     zs = grid.zs[None, None, :]
@@ -374,7 +382,7 @@ def _mediastinum_mask(anat: _Anatomy, grid: _Grid, x: np.ndarray, y: np.ndarray)
     return whole, heart & ~desc & ~asc, desc | asc, trachea
 
 
-def _lung_masks(anat: _Anatomy, grid: _Grid, x: np.ndarray, y: np.ndarray, cavity_depth: np.ndarray,
+def _lung_masks(anat: _Anatomy, grid: Grid, x: np.ndarray, y: np.ndarray, cavity_depth: np.ndarray,
                 mediastinum: np.ndarray) -> np.ndarray:
     """Label map of the lung fields (1 left, x < 0; 2 right, x > 0) before nodules."""
     lungs = anat.lungs
@@ -394,7 +402,7 @@ def _lung_masks(anat: _Anatomy, grid: _Grid, x: np.ndarray, y: np.ndarray, cavit
     return label
 
 
-def _compose(anat: _Anatomy, grid: _Grid) -> _Scene:
+def _compose(anat: _Anatomy, grid: Grid) -> _Scene:
     """Tissue classes, noise-free HU and lung labels of the anatomy (without vessels and nodules)."""
     x, y = grid.xs[:, None], grid.ys[None, :]
     nz = grid.shape[2]
@@ -479,11 +487,11 @@ def _vessel_segments(anat: _Anatomy, rng: np.random.Generator) -> list[tuple[np.
     return segments
 
 
-def _paint_vessels(anat: _Anatomy, grid: _Grid, scene: _Scene, rng: np.random.Generator) -> None:
+def _paint_vessels(anat: _Anatomy, grid: Grid, scene: _Scene, rng: np.random.Generator) -> None:
     """Soft-tissue tubes inside the lung fields."""
     lung = scene.label > 0
     for a, b, ra, rb in _vessel_segments(anat, rng):
-        found = _segment_mask(grid, a, b, ra, rb)
+        found = segment_mask(grid, a, b, ra, rb)
         if found is None:
             continue
         box, mask = found
@@ -491,7 +499,7 @@ def _paint_vessels(anat: _Anatomy, grid: _Grid, scene: _Scene, rng: np.random.Ge
         scene.hu[box][mask], scene.tissue[box][mask] = anat.vessel_hu, _T["vessel"]
 
 
-def _nodule_mask(grid: _Grid, centre: np.ndarray, nodule: _Nodule) -> tuple[tuple[slice, ...], np.ndarray] | None:
+def _nodule_mask(grid: Grid, centre: np.ndarray, nodule: _Nodule) -> tuple[tuple[slice, ...], np.ndarray] | None:
     """Index box and mask of an axis-aligned ellipsoidal nodule."""
     semi = nodule.diameter / 2.0 * nodule.ratios
     box = grid.box(centre - semi, centre + semi)
@@ -501,7 +509,7 @@ def _nodule_mask(grid: _Grid, centre: np.ndarray, nodule: _Nodule) -> tuple[tupl
     return box, (px / semi[0]) ** 2 + (py / semi[1]) ** 2 + (pz / semi[2]) ** 2 < 1.0
 
 
-def _paint_nodules(anat: _Anatomy, grid: _Grid, scene: _Scene, cavity_edge: np.ndarray,
+def _paint_nodules(anat: _Anatomy, grid: Grid, scene: _Scene, cavity_edge: np.ndarray,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Paint the nodules; returns the masks of the inner and of the pleural nodules (whole nodules)."""
     lung = scene.label > 0
@@ -558,15 +566,15 @@ class _Phantom:
     noise_sigma: float
 
 
-def _place_grid(anat: _Anatomy, shape: tuple[int, int, int], rng: np.random.Generator) -> _Grid:
+def _place_grid(anat: _Anatomy, shape: tuple[int, int, int], rng: np.random.Generator) -> Grid:
     """Grid centred on the body axis in-plane (square pixels, the whole thorax in view), slab near mid-lung."""
     pixel = anat.fov_factor * max(2.0 * anat.wall.a / shape[0], 2.0 * anat.wall.b / shape[1])
     lungs = anat.lungs
     z = lungs.mid_z + rng.uniform(-0.1, 0.05) * (lungs.apex_z - lungs.base_z[0])
-    return _Grid.centred(shape, (pixel, pixel, anat.thickness), (0.0, rng.uniform(-5, 5), z))
+    return Grid.centred(shape, (pixel, pixel, anat.thickness), (0.0, rng.uniform(-5, 5), z))
 
 
-def _affine(anat: _Anatomy, grid: _Grid) -> np.ndarray:
+def _affine(anat: _Anatomy, grid: Grid) -> np.ndarray:
     """Diagonal RAS+ voxel-to-world affine; the world origin is the case's table position."""
     affine = np.diag([*grid.spacing, 1.0])
     affine[:3, 3] = anat.origin + np.array([grid.xs[0], grid.ys[0], grid.zs[0]])
@@ -588,7 +596,7 @@ def _render_case(index: int, shape: Sequence[int] = DEFAULT_SHAPE, seed: int = 0
     """Render case ``index`` of ``seed`` on a grid of ``shape`` (see the module docstring)."""
     if int(index) != index or index < 0:
         raise ValueError(f"case index must be a non-negative integer, got {index!r}")
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     rng_anatomy, rng_place, rng_noise = np.random.default_rng([int(seed), int(index)]).spawn(3)
     anat = _draw_anatomy(rng_anatomy)
     grid = _place_grid(anat, shape, rng_place)
@@ -685,7 +693,7 @@ def _sync_dataset_json(folder: Path, shape: tuple[int, int, int], seed: int, cas
 def _generate(out_dir: str | Path, num_cases: int, shape: Sequence[int], seed: int, start_index: int,
               overwrite: bool, progress: bool) -> tuple[list[dict[str, str]], int]:
     """Write the phantoms; returns the datalist and the number of cases actually written."""
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     if int(num_cases) != num_cases or num_cases < 1 or int(start_index) != start_index or start_index < 0:
         raise ValueError(f"num_cases must be >= 1 and start_index >= 0, got {num_cases!r} and {start_index!r}")
     folder = Path(out_dir).expanduser().absolute()
@@ -759,34 +767,11 @@ def lung_datalist(dataset_dir: str | Path | None, synthetic_dir: str | Path, num
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point: write phantoms and print a one-line summary.
-
-    Args:
-        argv: arguments (default: ``sys.argv[1:]``).
-
-    Returns:
-        The exit status.
-    """
-    parser = argparse.ArgumentParser(prog="varseg make-data lung",
-                                     description="Write synthetic thorax CT phantoms in the Learn2Reg lung layout.")
-    parser.add_argument("out_dir", help="output folder")
-    parser.add_argument("--num-cases", type=int, default=18, help="number of cases (default 18)")
-    parser.add_argument("--shape", type=int, nargs=3, default=list(DEFAULT_SHAPE), metavar=("X", "Y", "Z"),
-                        help="grid size in voxels (default 128 128 48)")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
-    parser.add_argument("--start-index", type=int, default=0, help="number of the first case (default 0)")
-    parser.add_argument("--overwrite", action="store_true", help="regenerate existing cases")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        datalist, written = _generate(args.out_dir, args.num_cases, args.shape, args.seed, args.start_index,
-                                      args.overwrite, not args.no_progress)
-    except ValueError as err:
-        parser.exit(2, f"error: {err}\n")
-    print(f"{len(datalist)} lung phantom cases in {Path(args.out_dir).expanduser().absolute()} ({written} written, "
-          f"{len(datalist) - written} already present; shape {tuple(args.shape)}, seed {args.seed})")
-    return 0
+    """``varseg make-data lung``: write phantoms and print a one-line summary; returns the exit status."""
+    parser = phantom_parser("lung", "Write synthetic thorax CT phantoms in the Learn2Reg lung layout.", 18,
+                            DEFAULT_SHAPE)
+    return run_phantom_command(parser, argv, "lung phantom cases", lambda a: _generate(
+        a.out_dir, a.num_cases, a.shape, a.seed, a.start_index, a.overwrite, not a.no_progress))
 
 
 if __name__ == "__main__":

@@ -83,8 +83,9 @@ from scipy.special import erf
 from tqdm import tqdm
 
 from pipeline.io.datasets import SPECT_CASE_RE, index_spect
+from pipeline.io.files import nifti_image
 
-from ._writing import DATASET_JSON, nifti_image, sync_dataset_json
+from .scaffold import DATASET_JSON, check_shape, phantom_parser, run_phantom_command, sync_dataset_json
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ __all__ = [
 
 GENERATOR = "pipeline.data.spect"
 GENERATOR_VERSION = 1
-_MIN_SIZE, _MAX_SIZE = 8, 512
+_MAX_SIZE = 512  # the system matrix grows as size^3
 LABELS: dict[int, str] = {0: "background", 1: "bone"}
 FOV_MM = 64 * 4.42  # in-plane field of view: a 64-pixel matrix of 4.42 mm
 MU_PER_MM = {"air": 0.0, "soft": 0.015, "lung": 0.005, "bone": 0.025}  # 140 keV
@@ -320,16 +321,6 @@ class SpectCase:
     params: dict[str, Any]
 
 
-def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
-    """Validate a grid shape of three integers in [8, 512]."""
-    values = tuple(int(s) for s in shape)
-    if len(values) != 3 or any(v != s for v, s in zip(values, shape)):
-        raise ValueError(f"shape must be three integers (x, y, z), got {shape!r}")
-    if any(not _MIN_SIZE <= v <= _MAX_SIZE for v in values):
-        raise ValueError(f"shape {values} out of range: each size must be in [{_MIN_SIZE}, {_MAX_SIZE}]")
-    return values
-
-
 def _check_iterations(iterations: Sequence[int]) -> tuple[int, ...]:
     values = tuple(sorted({int(i) for i in iterations}))
     if not values or values[0] < 1 or any(int(i) != i for i in iterations):
@@ -496,7 +487,7 @@ def make_spect_case(index: int, shape: Sequence[int] = (64, 64, 48), seed: int =
     """
     if int(index) != index or index < 0:
         raise ValueError(f"case index must be a non-negative integer, got {index!r}")
-    shape = _check_shape(shape)
+    shape = check_shape(shape, max_size=_MAX_SIZE)
     iterations = _check_iterations(iterations)
     if not counts > 0:
         raise ValueError(f"counts must be positive, got {counts!r}")
@@ -551,7 +542,8 @@ def _write_case(folder: Path, index: int, settings: dict[str, Any], overwrite: b
     tmp.mkdir()
     try:
         for k, recon in case.recons.items():
-            nib.save(nifti_image(recon.astype(np.float32), case.affine, f"{text} osem{k}"), tmp / f"recon_osem{k}.nii.gz")
+            nib.save(nifti_image(recon.astype(np.float32), case.affine, f"{text} osem{k}"),
+                     tmp / f"recon_osem{k}.nii.gz")
         nib.save(nifti_image(case.label, case.affine, text), tmp / "bone.nii.gz")
         nib.save(nifti_image(case.activity, case.affine, text), tmp / "phantom.nii.gz")
         nib.save(nifti_image(case.mu, case.affine, f"{text} mu 1/cm"), tmp / "mu.nii.gz")
@@ -566,9 +558,9 @@ def _write_case(folder: Path, index: int, settings: dict[str, Any], overwrite: b
 
 def _settings(shape: Sequence[int], seed: int, iterations: Sequence[int], subsets: int, counts: float, angles: int,
               fwhm0: float, fwhm_slope: float) -> dict[str, Any]:
-    return {"shape": list(_check_shape(shape)), "seed": int(seed), "iterations": list(_check_iterations(iterations)),
-            "subsets": int(subsets), "counts": float(counts), "angles": int(angles), "fwhm0": float(fwhm0),
-            "fwhm_slope": float(fwhm_slope)}
+    return {"shape": list(check_shape(shape, max_size=_MAX_SIZE)), "seed": int(seed),
+            "iterations": list(_check_iterations(iterations)), "subsets": int(subsets), "counts": float(counts),
+            "angles": int(angles), "fwhm0": float(fwhm0), "fwhm_slope": float(fwhm_slope)}
 
 
 def _dataset_description(settings: dict[str, Any], cases: list[int]) -> dict[str, Any]:
@@ -584,7 +576,8 @@ def _dataset_description(settings: dict[str, Any], cases: list[int]) -> dict[str
 
 def _sync_dataset_json(folder: Path, settings: dict[str, Any], cases: Sequence[int]) -> None:
     """Create or extend ``dataset.json``; refuse a folder holding cases of other settings or foreign cases."""
-    stray = [] if (folder / DATASET_JSON).exists() else sorted(p.name for p in folder.iterdir() if SPECT_CASE_RE.match(p.name))
+    stray = [] if (folder / DATASET_JSON).exists() else sorted(
+        p.name for p in folder.iterdir() if SPECT_CASE_RE.match(p.name))
     sync_dataset_json(folder, lambda c: _dataset_description(settings, c),
                       ("generator", "generator_version", *settings), cases, stray)
 
@@ -653,39 +646,19 @@ def generate_spect_phantoms(out_dir: str | Path, num_cases: int = 8, shape: Sequ
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point: write simulated bone SPECT cases and print a one-line summary.
-
-    Args:
-        argv: arguments (default: ``sys.argv[1:]``).
-
-    Returns:
-        The exit status.
-    """
-    parser = argparse.ArgumentParser(prog="varseg make-data spect",
-                                     description="Write simulated 99mTc bone SPECT cases (phantom, OS-EM recons).")
-    parser.add_argument("out_dir", help="output folder")
-    parser.add_argument("--num-cases", type=int, default=8, help="number of cases (default 8)")
-    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 48], metavar=("X", "Y", "Z"),
-                        help="grid size in voxels (default 64 64 48)")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    """``varseg make-data spect``: write simulated bone SPECT cases and print a one-line summary."""
+    parser = phantom_parser("spect", "Write simulated 99mTc bone SPECT cases (phantom, OS-EM recons).", 8,
+                            (64, 64, 48))
     parser.add_argument("--iterations", type=int, nargs="+", default=[2, 5], help="OS-EM iterations (default 2 5)")
     parser.add_argument("--subsets", type=int, default=8, help="OS-EM subsets (default 8)")
     parser.add_argument("--angles", type=int, default=64, help="views over 360 degrees (default 64)")
     parser.add_argument("--counts", type=float, default=2e6, help="expected counts per study (default 2e6)")
-    parser.add_argument("--start-index", type=int, default=0, help="number of the first case (default 0)")
-    parser.add_argument("--overwrite", action="store_true", help="regenerate existing cases")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        settings = _settings(args.shape, args.seed, args.iterations, args.subsets, args.counts, args.angles, 3.0, 0.04)
-        datalist, written = _generate(args.out_dir, args.num_cases, settings, args.start_index, args.overwrite,
-                                      not args.no_progress, None)
-    except ValueError as err:
-        parser.exit(2, f"error: {err}\n")
-    print(f"{len(datalist)} bone SPECT cases in {Path(args.out_dir).expanduser().absolute()} ({written} written, "
-          f"{len(datalist) - written} already present; shape {tuple(args.shape)}, seed {args.seed})")
-    return 0
+
+    def generate(a: argparse.Namespace) -> tuple[list[dict[str, str]], int]:
+        settings = _settings(a.shape, a.seed, a.iterations, a.subsets, a.counts, a.angles, 3.0, 0.04)
+        return _generate(a.out_dir, a.num_cases, settings, a.start_index, a.overwrite, not a.no_progress, None)
+
+    return run_phantom_command(parser, argv, "bone SPECT cases", generate)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import csv
 import gc
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,7 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.evaluation.metrics import mask_scores
 from pipeline.experiments.bundle_runs import override_dict as _override_dict
+from pipeline.io.files import atomic_write, load_weights, nifti_image
 
 logger = logging.getLogger(__name__)
 
@@ -104,35 +105,6 @@ def with_liver_masks(cases: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[
     return out
 
 
-def _load_model(network: torch.nn.Module, ckpt_path: str | Path, device: torch.device | str) -> torch.nn.Module:
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found: train this cascade stage first")
-    state = torch.load(str(path), map_location=device, weights_only=True)
-    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        state = state["model"]
-    network.load_state_dict(state)
-    return network.to(device).eval()
-
-
-def _save_mask(mask: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write a uint8 NIfTI atomically (temporary file, then rename)."""
-    import nibabel as nib
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-    image = nib.Nifti1Image(mask.astype(np.uint8), affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    nib.save(image, str(tmp))
-    os.replace(tmp, path)
-
-
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    total = int(pred.sum()) + int(truth.sum())
-    return float(2 * np.logical_and(pred, truth).sum() / total) if total else float("nan")
-
-
 def write_masks(network: torch.nn.Module, ckpt_path: str | Path, cases: Sequence[Mapping[str, Any]],
                 transform: Callable[[dict], dict], inferer: Callable, out_dir: str | Path, postfix: str,
                 channel: int = 1, device: torch.device | str = "cpu", restrict: Callable[[dict], dict] | None = None,
@@ -149,7 +121,7 @@ def write_masks(network: torch.nn.Module, ckpt_path: str | Path, cases: Sequence
     Returns:
         The CSV rows.
     """
-    _load_model(network, ckpt_path, device)
+    load_weights(network, ckpt_path, device, hint="train this cascade stage first")
     rows = []
     start = time.time()
     with torch.no_grad():
@@ -163,10 +135,13 @@ def write_masks(network: torch.nn.Module, ckpt_path: str | Path, cases: Sequence
             mask = (data["pred"].detach().cpu().numpy() == channel)[0]
             name = str(case.get("case", f"case_{i}"))
             path = mask_file(out_dir, name, postfix)
-            _save_mask(mask, np.asarray(image.affine, dtype=np.float64), path)
+            affine = np.asarray(image.affine, dtype=np.float64)
+            image_out = nifti_image(mask.astype(np.uint8), affine)
+            atomic_write(path.parent, path.name, lambda p, img=image_out: img.to_filename(str(p)))
             row = {"case": name, "voxels": int(mask.sum()), "dice": ""}
             if data.get(label_key) is not None:
-                row["dice"] = f"{_dice(mask, data[label_key].detach().cpu().numpy()[0] == channel):.4f}"
+                truth = data[label_key].detach().cpu().numpy()[0] == channel
+                row["dice"] = f"{mask_scores(mask, truth, empty=float('nan'))['dice']:.4f}"
             rows.append(row)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

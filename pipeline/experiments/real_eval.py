@@ -44,7 +44,6 @@ missing real-data folder, missing checkpoint or bad configuration (one ``error:`
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -58,6 +57,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline.evaluation.metrics import mask_scores
+from pipeline.io.arguments import OneLineArgumentParser, OverrideError, one_line, parse_overrides
+from pipeline.io.files import sha256_prefix
 
 logger = logging.getLogger("pipeline.experiments.real_eval")
 
@@ -248,22 +251,19 @@ def spect_applicability(path: str | Path) -> tuple[str, str | None]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _one_line(text: Any) -> str:
-    return " ".join(str(text).split())
-
-
 def _load_config(bundle: str, method: str | None, overrides: Mapping[str, Any]) -> Any:
     """The bundle's inference config (as :mod:`pipeline.inference.batch` builds it, then ``configs/real_eval.json`` where the
     bundle has one) with ``method`` and ``overrides`` set."""
     from monai.bundle import ConfigParser
 
-    from pipeline.inference.batch import BatchError, _config_files
+    from pipeline.inference.batch import BatchError
+    from pipeline.inference.cli import inference_config_files
 
     try:
-        files = _config_files(bundle, method)
+        files = inference_config_files(bundle, method)
     except BatchError as err:
         raise RealEvalError(str(err)) from None
-    real_eval_config = Path(files[-1]).with_name("real_eval.json")  # real-data settings merged last, if any
+    real_eval_config = Path(files[0]).with_name("real_eval.json")  # real-data settings merged last, if any
     if real_eval_config.is_file():
         files = [*files, str(real_eval_config)]
     config = ConfigParser()
@@ -279,12 +279,6 @@ def _train_command(bundle: str, method: str | None) -> str:
     if bundle == "spect" and method == "mode1":
         return _TRAIN_COMMANDS["spect-mode1"]
     return _TRAIN_COMMANDS[bundle].format(method=method)
-
-
-def _sha256_prefix(path: str | Path) -> str:
-    from pipeline.inference.batch import _sha256_prefix as prefix
-
-    return prefix(path)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -310,7 +304,7 @@ _LITS_COLUMNS = ["case", "input", "status", "reason", "spacing_mm", "liver_dice"
 
 
 def _evaluate_lits(config: Any, root: Path, out_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    from pipeline.selective.evaluation import dice_jaccard
+    from pipeline.evaluation.metrics import dice_jaccard
     from pipeline.io.volumes import CaseError, read_volume, write_mask
 
     num_classes = int(config.get_parsed_content("num_classes"))
@@ -352,7 +346,7 @@ def _evaluate_lits(config: Any, root: Path, out_dir: Path) -> tuple[list[dict[st
             if after != before:
                 row["reason"] = f"label resampling kept {after} of {before} labelled voxels"
         except (CaseError, ValueError, RuntimeError, OSError) as err:
-            row.update(status="failed", reason=_one_line(err)[:300])
+            row.update(status="failed", reason=one_line(err)[:300])
         row["runtime_s"] = round(time.perf_counter() - start, 2)
         rows.append(row)
     return rows, _LITS_COLUMNS
@@ -415,7 +409,8 @@ def _lung_slices(target: np.ndarray, count: int) -> list[tuple[int, np.ndarray, 
 def _evaluate_lung(config: Any, root: Path, overrides: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     from pipeline.selective import baselines
     from pipeline.inference.predictors import load_weights
-    from pipeline.selective.evaluation import dice_jaccard, predict_mask
+    from pipeline.evaluation.metrics import dice_jaccard
+    from pipeline.selective.evaluation import predict_mask
     from pipeline.selective.samples import loader_samples
     from pipeline.io.volumes import CaseError, read_volume
 
@@ -437,7 +432,7 @@ def _evaluate_lung(config: Any, root: Path, overrides: Mapping[str, Any]) -> tup
         volume = read_volume(image_path)
         labels, _, _ = label_on_grid(label_path, volume)
     except (CaseError, ValueError, OSError) as err:
-        return [{"case": stem, "status": "failed", "reason": _one_line(err)[:300]}], _LUNG_COLUMNS
+        return [{"case": stem, "status": "failed", "reason": one_line(err)[:300]}], _LUNG_COLUMNS
     hu_ras = np.asarray(volume.to_ras(), dtype=np.float32)
     target = np.isin(volume.to_ras(labels), LEFT_LUNG_LABELS)
     if not target.any():
@@ -460,7 +455,7 @@ def _evaluate_lung(config: Any, root: Path, overrides: Mapping[str, Any]) -> tup
                        vm_jaccard=vm_jaccard, vm_pixels=int(np.count_nonzero(vm)), tv_dice=tv_dice,
                        tv_jaccard=tv_jaccard, tv_pixels=int(np.count_nonzero(result.mask)), tv_mu=tv["mu"])
         except (ValueError, RuntimeError) as err:
-            row.update(status="failed", reason=_one_line(err)[:300])
+            row.update(status="failed", reason=one_line(err)[:300])
         row["runtime_s"] = round(time.perf_counter() - start, 2)
         rows.append(row)
     return rows, _LUNG_COLUMNS
@@ -509,7 +504,7 @@ def _evaluate_spect(config: Any, root: Path) -> tuple[list[dict[str, Any]], list
             row.update(status="done", reason="", spacing_mm="x".join(f"{s:.3g}" for s in volume.spacing),
                        bone_ml_predicted=float((mask > 0).sum()) * voxel_ml)
         except (CaseError, ValueError, RuntimeError, OSError) as err:
-            row.update(status="failed", reason=_one_line(err)[:300])
+            row.update(status="failed", reason=one_line(err)[:300])
     row["runtime_s"] = round(time.perf_counter() - start, 2)
     return [row], _SPECT_COLUMNS
 
@@ -520,14 +515,6 @@ def _evaluate_spect(config: Any, root: Path) -> tuple[list[dict[str, Any]], list
 
 _BRATS_COLUMNS = ["case", "grid_mm", "status", "reason", "dice", "jaccard", "precision", "recall",
                   "tumour_ml_predicted", "tumour_ml_reference", "runtime_s", "mask"]
-
-
-def _brats_scores(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    tp = float(np.logical_and(pred, ref).sum())
-    p, r = float(pred.sum()), float(ref.sum())
-    nan = float("nan")
-    return {"dice": 2 * tp / (p + r) if p + r else nan, "jaccard": tp / (p + r - tp) if p + r - tp else nan,
-            "precision": tp / p if p else nan, "recall": tp / r if r else nan}
 
 
 def _evaluate_brats(config: Any, root: Path, out_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
@@ -566,7 +553,7 @@ def _evaluate_brats(config: Any, root: Path, out_dir: Path) -> tuple[list[dict[s
             spacing = np.linalg.norm(first.ras_affine[:3, :3], axis=0)
             voxel_ml = float(np.prod(spacing)) / 1000.0
         except (CaseError, ValueError, RuntimeError, OSError) as err:
-            rows.append({"case": case, "status": "failed", "reason": _one_line(err)[:300]})
+            rows.append({"case": case, "status": "failed", "reason": one_line(err)[:300]})
             continue
         for grid in grids:
             start = time.perf_counter()
@@ -583,12 +570,12 @@ def _evaluate_brats(config: Any, root: Path, out_dir: Path) -> tuple[list[dict[s
                 pred = (prob[0].argmax(0) == tumour).numpy() & brain
                 mask = write_mask(first.from_ras(pred.astype(np.uint8)), first,
                                   out_dir / "masks" / f"{case}_tumour_grid{grid:g}mm.nii.gz", overwrite=True)
-                row.update(status="done", reason="", **_brats_scores(pred, reference),
+                row.update(status="done", reason="", **mask_scores(pred, reference, empty=float("nan")),
                            tumour_ml_predicted=float(pred.sum()) * voxel_ml,
                            tumour_ml_reference=float(reference.sum()) * voxel_ml,
                            mask=str(Path("masks") / mask.name))
             except (CaseError, ValueError, RuntimeError, OSError) as err:
-                row.update(status="failed", reason=_one_line(err)[:300])
+                row.update(status="failed", reason=one_line(err)[:300])
             row["runtime_s"] = round(time.perf_counter() - start, 2)
             rows.append(row)
     return rows, _BRATS_COLUMNS
@@ -676,7 +663,7 @@ def _track(result: RealEvalResult, experiment: str, params: Mapping[str, Any], t
         result.summary["mlflow_run"] = tracker.run_name
     except Exception as err:  # noqa: BLE001 - tracking must not lose the evaluation
         logger.warning("MLflow tracking failed (%s: %s); the results are in %s", type(err).__name__,
-                       _one_line(err)[:300], result.out_dir)
+                       one_line(err)[:300], result.out_dir)
         try:
             tracker.end_run("FAILED")
         except Exception:  # noqa: BLE001
@@ -715,7 +702,7 @@ def evaluate(bundle: str, real_data: str | Path | None = None, out_dir: str | Pa
     except RealEvalError:
         raise
     except Exception as err:  # noqa: BLE001 - a bad override or config value
-        raise RealEvalError(f"bundle {bundle}: bad configuration ({type(err).__name__}: {_one_line(err)[:300]})") \
+        raise RealEvalError(f"bundle {bundle}: bad configuration ({type(err).__name__}: {one_line(err)[:300]})") \
             from None
     if not ckpt_path.is_file():
         raise RealEvalError(f"bundle {bundle} has no trained checkpoint {ckpt_path}: train first: "
@@ -754,14 +741,14 @@ def evaluate(bundle: str, real_data: str | Path | None = None, out_dir: str | Pa
             metrics = {"bone_ml_predicted_mean": _mean(rows, "bone_ml_predicted")}
     except (OSError, RuntimeError, KeyError) as err:
         raise RealEvalError(f"bundle {bundle}: cannot run the evaluation ({type(err).__name__}: "
-                            f"{_one_line(err)[:300]})") from None
+                            f"{one_line(err)[:300]})") from None
     cases = list(dict.fromkeys(str(r["case"]) for r in rows))
     summary = {
         "bundle": bundle,
         "method": method,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "checkpoint": ckpt_path.name,
-        "checkpoint_sha256": _sha256_prefix(ckpt_path),
+        "checkpoint_sha256": sha256_prefix(ckpt_path),
         "real_data": root.name,
         "cases": cases,
         "statuses": {r["case"] + (f"/slice{r['slice']}" if "slice" in r else "")
@@ -783,14 +770,8 @@ def evaluate(bundle: str, real_data: str | Path | None = None, out_dir: str | Pa
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one clear line, exit 2
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr, flush=True)
-        raise SystemExit(2)
-
-
-def _build_parser(prog: str) -> _ArgumentParser:
-    parser = _ArgumentParser(
+def _build_parser(prog: str) -> OneLineArgumentParser:
+    parser = OneLineArgumentParser(
         prog=prog, allow_abbrev=False,
         description="Evaluate a trained bundle on the real sample cases that fit it: per-case CSV, summary, "
                     "Markdown table, one MLflow run. Exit code 0: all cases evaluated or not applicable, 1: a case "
@@ -814,15 +795,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.expe
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        from pipeline.inference.batch import BatchError, _parse_overrides
-
         try:
-            overrides = _parse_overrides(rest)
-        except BatchError as err:
+            overrides = parse_overrides(rest)
+        except OverrideError as err:
             raise RealEvalError(str(err)) from None
         result = evaluate(args.bundle, args.real_data, args.out, args.method, overrides, mlflow=not args.no_mlflow)
     except RealEvalError as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr, flush=True)
+        print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
         return 2
     title = f"Real data: bundle {result.bundle}" + (f", method {result.summary['method']}"
                                                       if result.summary.get("method") else "")

@@ -84,7 +84,8 @@ def _parser(files: Sequence[str], overrides: Sequence[str]) -> Any:
 
 def validation_dice(files: Sequence[str], overrides: Sequence[str], ckpt_path: str | Path) -> float:
     """Mean Dice of the VM-Net checkpoint ``ckpt_path`` on the validation images of the merged config."""
-    from pipeline.selective.evaluation import dice_jaccard, predict_mask
+    from pipeline.evaluation.metrics import dice_jaccard
+    from pipeline.selective.evaluation import predict_mask
     from pipeline.selective.samples import loader_samples
 
     parser = _parser(files, overrides)

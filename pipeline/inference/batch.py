@@ -1,9 +1,10 @@
 """Batch inference for every bundle: many inputs in, one mask and one CSV row per case out, nothing lost.
 
-    python -m pipeline.inference.batch <bundle> --input PATH [--layout auto] [--output DIR] [--markers FILE_OR_DIR]
+    varseg infer <bundle> --input PATH [--layout auto] [--output DIR] [--markers FILE_OR_DIR]
         [--markers-space RAS|LPS] [--overwrite] [--identify] [--no-mlflow] [--key value ...]
 
-(also ``varseg infer <bundle> ...`` and ``python -m monai.bundle run --config_file .../inference.json``).
+(the command line is :mod:`pipeline.inference.cli`; a bundle's ``python -m monai.bundle run --config_file
+.../inference.json`` reaches the same :func:`run_from_config`).
 
 * **Inputs**: a file, a folder or a datalist, indexed by :func:`pipeline.io.layouts.index_inputs` (NIfTI, DICOM, MSD
   ``dataset.json``, LiTS, BraTS, Learn2Reg layouts).
@@ -22,16 +23,11 @@
 
 from __future__ import annotations
 
-import argparse
-import ast
 import csv
-import hashlib
-import json
 import logging
 import os
 import re
 import secrets
-import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,7 +37,10 @@ from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger("pipeline.inference.batch")  # the same name when run as python -m pipeline.inference.batch
+from pipeline.io.arguments import one_line
+from pipeline.io.files import sha256_prefix
+
+logger = logging.getLogger("pipeline.inference.batch")  # the same name when run as python -m pipeline.inference.cli
 
 __all__ = [
     "BatchError",
@@ -49,7 +48,6 @@ __all__ = [
     "CSV_COLUMNS",
     "case_name",
     "execute",
-    "main",
     "mask_name",
     "run_batch",
     "run_from_config",
@@ -131,10 +129,6 @@ class BatchReport:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _one_line(text: Any) -> str:
-    return " ".join(str(text).split())
-
-
 def _is_dicom(entry: Mapping[str, Any]) -> bool:
     return str(entry.get("kind", "")).lower() == "dicom"
 
@@ -196,7 +190,7 @@ def _private_names(entry: Mapping[str, Any]) -> list[str]:
 
 def _scrub(text: Any, entry: Mapping[str, Any], case: str, identify: bool) -> str:
     """One line of ``text``; for a DICOM entry (unless ``identify``) paths and file names become the case name."""
-    line = _one_line(text)
+    line = one_line(text)
     if identify or not _is_dicom(entry):
         return line
     for name in _private_names(entry):
@@ -229,7 +223,7 @@ def _read_rows(path: Path) -> dict[str, dict[str, str]]:
         with path.open(newline="") as fh:
             return {row["case"]: dict(row) for row in csv.DictReader(fh) if row.get("case")}
     except (OSError, csv.Error, KeyError, UnicodeDecodeError) as err:
-        logger.warning("cannot read the earlier %s (%s); it will be rewritten", path.name, _one_line(err))
+        logger.warning("cannot read the earlier %s (%s); it will be rewritten", path.name, one_line(err))
         return {}
 
 
@@ -275,7 +269,7 @@ def _save_rows(path: Path, rows: Sequence[Mapping[str, str]], volume_columns: Se
     try:
         _write_rows(path, rows, volume_columns)
     except OSError as err:
-        logger.warning("cannot write %s (%s); it is written again after the next case", path.name, _one_line(err))
+        logger.warning("cannot write %s (%s); it is written again after the next case", path.name, one_line(err))
 
 
 def _clean_csv_temporaries(folder: Path, csv_name: str) -> list[Path]:
@@ -309,16 +303,8 @@ class _SafeTracker:
         except Exception as err:  # noqa: BLE001 - tracking must not lose work
             self.broken = True
             logger.warning("MLflow tracking stopped (%s: %s); the batch goes on without it", type(err).__name__,
-                           _one_line(err)[:300])
+                           one_line(err)[:300])
             return None
-
-
-def _sha256_prefix(path: str | Path, length: int = 12) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:length]
 
 
 def make_tracker(bundle: str, *, experiment_name: str | None = None, params: Mapping[str, Any] | None = None,
@@ -593,7 +579,7 @@ def _run_case(entry: Mapping[str, Any], case: str, predict: Callable[..., np.nda
 
 
 def _error(message: Any) -> int:
-    print(f"error: {_one_line(message)}", file=sys.stderr, flush=True)
+    print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
     return 2
 
 
@@ -642,7 +628,7 @@ def execute(
             try:
                 predictor.load()
             except (OSError, RuntimeError, ValueError, KeyError) as err:
-                raise BatchError(f"cannot load the model: {_one_line(err)}") from None
+                raise BatchError(f"cannot load the model: {one_line(err)}") from None
     except (BatchError, ValueError, OSError, RuntimeError) as err:
         return _error(err)
     dicom = any(_is_dicom(e) for e in entries)
@@ -652,14 +638,14 @@ def execute(
                                   "identify": bool(identify), "layout": layout or "auto", "csv_name": csv_name}
         if ckpt_path is not None:
             params["checkpoint"] = Path(ckpt_path).name
-            params["checkpoint_sha256"] = _sha256_prefix(ckpt_path)
+            params["checkpoint_sha256"] = sha256_prefix(ckpt_path)
         if not dicom:
             params["input"] = str(Path(str(input_path)).expanduser().resolve())
         try:
             tracker = make_tracker(bundle, experiment_name=experiment_name, params=params,
                                    tags={**dict(tags or {}), "inputs": "dicom" if dicom else "files"})
         except Exception as err:  # noqa: BLE001 - tracking is optional
-            logger.warning("MLflow tracking is off: %s", _one_line(err))
+            logger.warning("MLflow tracking is off: %s", one_line(err))
     try:
         report = run_batch(entries, predictor, output_dir, postfix, overwrite=overwrite, csv_name=csv_name,
                            labels=labels, identify=identify, progress=progress, tracker=tracker, markers=markers)
@@ -694,203 +680,3 @@ def run_from_config(
     if code:
         raise SystemExit(code)
     return code
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one clear line, exit 2
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr, flush=True)
-        raise SystemExit(2)
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, ValueError):
-        pass
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return text
-
-
-def _parse_overrides(rest: Sequence[str]) -> dict[str, Any]:
-    """``--key value`` / ``--key=value`` pairs of config overrides."""
-    overrides: dict[str, Any] = {}
-    i = 0
-    rest = list(rest)
-    while i < len(rest):
-        token = rest[i]
-        if not token.startswith("--") or len(token) == 2:
-            raise BatchError(f"unexpected argument {token!r}: config overrides are --key value pairs")
-        key = token[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(rest) or (rest[i + 1].startswith("--") and len(rest[i + 1]) > 2):
-                raise BatchError(f"config override --{key} has no value")
-            value = rest[i + 1]
-            i += 2
-        overrides[key] = _parse_value(value)
-    return overrides
-
-
-def _config_files(bundle: str, method: Any = None) -> list[str]:
-    """The config files of a bundle's inference: ``inference.json``, after ``train.json`` (and the method file)
-    when it is not standalone (lung)."""
-    from pipeline.paths import bundle_root
-
-    try:
-        configs = Path(bundle_root(bundle)) / "configs"
-    except FileNotFoundError as err:
-        raise BatchError(str(err)) from None
-    inference = configs / "inference.json"
-    if not inference.is_file():
-        raise BatchError(f"bundle '{bundle}' has no configs/inference.json")
-    try:
-        content = json.loads(inference.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise BatchError(f"{inference}: {_one_line(err)}") from None
-    if "bundle" in content:
-        return [str(inference)]
-    files = [str(configs / "train.json")]
-    if method and (configs / "methods" / f"{method}.json").is_file():
-        files.append(str(configs / "methods" / f"{method}.json"))
-    return files + [str(inference)]
-
-
-def _build_parser(prog: str = "python -m pipeline.inference.batch") -> _ArgumentParser:
-    parser = _ArgumentParser(
-        prog=prog,
-        allow_abbrev=False,  # --out must stay a config override, not an abbreviation of --output
-        description="Segment a file, a folder or a datalist with a bundle; masks in the inputs' geometry, a per-case "
-                    "CSV, resumable. Exit code 0: all cases done or skipped, 1: some case failed, 2: bad command "
-                    "line, missing checkpoint or nothing to do.",
-        epilog="Any other --key value pair overrides the bundle's inference config (e.g. --ckpt_path m.pt "
-               "--features 4 --method mode4).")
-    parser.add_argument("bundle", help="bundle name (lits, lung, spect)")
-    parser.add_argument("--input", required=True, help="a file, a folder, or a JSON datalist")
-    parser.add_argument("--layout", default="auto", help="input layout (default: auto)")
-    parser.add_argument("--output", default=None, help="mask folder (default: the config's output)")
-    parser.add_argument("--markers", default=None, help="markers file, or a folder of <case>.csv / .mrk.json")
-    parser.add_argument("--markers-space", default=None, type=str.upper, choices=["RAS", "LPS", "VOXEL"],
-                        help="coordinates of CSV x,y,z markers")
-    parser.add_argument("--modalities", nargs="+", default=None,
-                        help="modalities to read, in this order (multi-modal layouts; default: the bundle's "
-                             "'modalities' setting, if it has one)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing masks")
-    parser.add_argument("--identify", action="store_true",
-                        help="name DICOM cases after their series instead of a pseudonym")
-    parser.add_argument("--no-mlflow", action="store_true", help="do not log the batch to MLflow")
-    parser.add_argument("--csv-name", default=None, help="per-case CSV name in the output folder")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--refine", action="store_true",
-                        help="refine each mask with the bundle's refinement network (configs/refine_inference.json) "
-                             "and write its predicted quality in the CSV's quality column")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.inference.batch") -> int:
-    """Command line: build the bundle's predictor from its inference config and run the batch; returns the exit code.
-
-    Args:
-        argv: the arguments (default ``sys.argv[1:]``): ``<bundle> --input PATH [options] [--key value ...]``.
-        prog: program name shown in usage and error messages.
-    """
-    parser = _build_parser(prog)
-    try:
-        args, rest = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
-    except SystemExit as exc:  # --help (0) or a usage error (2, already printed)
-        return int(exc.code or 0)
-    try:
-        overrides = _parse_overrides(rest)
-        files = _config_files(args.bundle, overrides.get("method"))
-        if args.refine:
-            refine = Path(files[-1]).with_name("refine_inference.json")
-            if not refine.is_file():
-                raise BatchError(f"bundle '{args.bundle}' has no refinement stage ({refine} not found)")
-            files.append(str(refine))
-    except BatchError as err:
-        return _error(err)
-    from monai.bundle import ConfigParser
-
-    config = ConfigParser()
-    try:
-        config.read_config(files if len(files) > 1 else files[0])
-        for key, value in overrides.items():
-            config[key] = value
-        if args.modalities is not None and "modalities" in config:
-            config["modalities"] = list(args.modalities)  # the predictor reads what the indexer returns
-        modalities = args.modalities or (
-            list(config.get_parsed_content("modalities")) if "modalities" in config else None)
-        config["input"] = args.input
-        if args.output is not None:
-            config["output"] = args.output
-        config["overwrite"] = bool(args.overwrite)
-        config["identify"] = bool(args.identify)
-        if args.markers is not None:
-            config["markers"] = args.markers
-        if args.markers_space is not None:
-            config["markers_space"] = "voxel" if args.markers_space == "VOXEL" else args.markers_space
-        if "num_threads" in config:
-            import torch
-
-            torch.set_num_threads(int(config.get_parsed_content("num_threads")))
-        bundle = str(config.get_parsed_content("bundle")) if "bundle" in config else args.bundle
-        output = config.get_parsed_content("output")
-        postfix = str(config.get_parsed_content("output_postfix"))
-        ckpt_path = config.get_parsed_content("ckpt_path") if "ckpt_path" in config else None
-        ckpt_hint = str(config.get_parsed_content("ckpt_hint")) if "ckpt_hint" in config else ""
-        labels = config.get_parsed_content("labels") if "labels" in config else None
-        csv_name = args.csv_name or (str(config.get_parsed_content("csv_name")) if "csv_name" in config
-                                     else "cases.csv")
-        experiment = str(config.get_parsed_content("experiment_name")) if "experiment_name" in config else None
-        method = config.get_parsed_content("method") if "method" in config else None
-        markers = args.markers if args.markers is not None else (
-            config.get_parsed_content("markers") if "markers" in config else None)
-    except Exception as err:  # noqa: BLE001 - a bad override or config value is a command-line error
-        return _error(f"bundle {args.bundle}: bad configuration ({type(err).__name__}: {_one_line(err)[:500]})")
-    if ckpt_path is not None and not Path(str(ckpt_path)).is_file():
-        return _error(f"checkpoint {ckpt_path} not found" + (f" ({ckpt_hint})" if ckpt_hint else ""))
-    try:
-        predictor = config.get_parsed_content("predictor")
-    except Exception as err:  # noqa: BLE001
-        return _error(f"bundle {args.bundle}: cannot build the predictor ({type(err).__name__}: "
-                      f"{_one_line(err)[:500]})")
-    if isinstance(labels, Mapping):
-        labels = {int(k): str(v) for k, v in labels.items()}
-    previous = _terminate_as_interrupt()
-    try:
-        return execute(bundle, args.input, output, postfix, predictor, ckpt_path=ckpt_path, ckpt_hint=ckpt_hint,
-                       layout=args.layout, modalities=modalities, markers=markers, overwrite=args.overwrite,
-                       identify=args.identify, labels=labels, csv_name=csv_name, mlflow=not args.no_mlflow,
-                       experiment_name=experiment, tags={"method": method} if method else None,
-                       progress=not args.no_progress)
-    except KeyboardInterrupt:
-        print("interrupted: re-run the same command to finish the remaining cases", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _terminate_as_interrupt() -> Any:
-    """Make SIGTERM (``kill``) stop the batch like Ctrl-C: CSV saved, MLflow run KILLED. Returns the old handler."""
-
-    def _handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        return signal.signal(signal.SIGTERM, _handler)
-    except ValueError:  # not in the main thread
-        return None
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(main())

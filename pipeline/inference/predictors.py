@@ -331,8 +331,8 @@ class SelectivePredictor:
         """Load the VM-Net checkpoint (nothing to do with a ``sample_predict``)."""
         if self._predict is not None:
             return
-        from pipeline.selective.samples import loader_samples
         from pipeline.selective.evaluation import predict_mask
+        from pipeline.selective.samples import loader_samples
 
         if self.network is None:
             raise RuntimeError("SelectivePredictor needs a network or a sample_predict")

@@ -49,7 +49,6 @@ class LayoutError(ValueError):
     """A folder is not in the expected dataset layout (the message names the folder and what is missing)."""
 
 
-
 def _collect_lits(files: Sequence[Path], pattern: re.Pattern[str], root: Path) -> dict[int, Path]:
     """Case number -> file for the files matching ``pattern``; raises on duplicated case numbers."""
     found: dict[int, Path] = {}
@@ -187,7 +186,6 @@ def index_lung(root: str | Path, require_labels: bool = True, phase: str | None 
         entry["case"] = key
         datalist.append(entry)
     return datalist
-
 
 
 def _find_nifti(folder: Path, stem: str) -> Path | None:

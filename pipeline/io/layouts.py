@@ -45,9 +45,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.io.datasets import LayoutError, index_lits
-from pipeline.io.datasets import index_lung
-from pipeline.io.datasets import index_spect
+from pipeline.io.datasets import LayoutError, index_lits, index_lung, index_spect
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,6 @@ import logging
 import os
 import re
 import time
-import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from nibabel import orientations
+
+from pipeline.io.files import atomic_write
 
 __all__ = [
     "CaseError",
@@ -670,15 +671,6 @@ def _write_suffix(path: Path) -> str:
     return suffix
 
 
-def _fsync(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _mask_image(mask: np.ndarray, reference: Volume, dtype: np.dtype, path: Path) -> sitk.Image:
     mask = np.asarray(mask)
     if mask.shape != reference.shape:
@@ -726,37 +718,14 @@ def write_mask(
         ValueError: shape mismatch, values that do not fit ``dtype``, or an unsupported suffix.
     """
     path = Path(path)
-    suffix = _write_suffix(path)
+    _write_suffix(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
     image = _mask_image(mask, reference, dtype, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}{suffix}"
-    try:
-        sitk.WriteImage(image, str(temporary), useCompression=True)
-        _fsync(temporary)
-        if overwrite:
-            os.replace(temporary, path)
-        else:
-            _link_no_clobber(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-    _fsync(path.parent)
+    atomic_write(path.parent, path.name, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True),
+                 overwrite=overwrite)
     logger.debug("wrote mask %s", path.name if reference.kind != "dicom" or reference.identified else reference.case)
     return path
-
-
-def _link_no_clobber(temporary: Path, path: Path) -> None:
-    """Move ``temporary`` to ``path`` atomically, failing if ``path`` appeared meanwhile."""
-    try:
-        os.link(temporary, path)
-    except FileExistsError as exc:
-        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)") from exc
-    except OSError:  # file system without hard links: check, then rename
-        if path.exists():
-            raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)") from None
-        os.replace(temporary, path)
 
 
 def clean_stale_temporaries(folder: str | Path, *, recursive: bool = False, min_age_s: float = 0.0) -> list[Path]:

@@ -19,8 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-
 __all__ = [
     "RefinementTrace",
     "choose_k",
@@ -28,25 +26,13 @@ __all__ = [
     "pearson_r",
     "stack_slices",
     "stop_step",
-    "volume_dice",
     "volume_quality",
 ]
-
-
-
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def volume_dice(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
-    """Dice of two boolean arrays; 1 when both are empty."""
-    a = np.asarray(a, dtype=bool)
-    b = np.asarray(b, dtype=bool)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
 
 
 def slice_dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:

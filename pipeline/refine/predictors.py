@@ -12,9 +12,7 @@ import torch
 from pipeline.refine.iteration import iterate_refinement, stack_slices
 from pipeline.refine.workflow import RefineCase
 
-
 __all__ = ["RefinePredictor", "SelectiveRefinePredictor", "load_refinement"]
-
 
 
 def load_refinement(network: torch.nn.Module, ckpt_path: str | Path, iterations: int | None,

@@ -45,20 +45,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from transforms.slices import plain_tensor
+from pipeline.evaluation.metrics import dice_jaccard
 from pipeline.refine.iteration import (
-    iterate_refinement,
-    stack_slices,
     choose_k,
+    iterate_refinement,
     pad_to_multiple,
     pearson_r,
     refine_forward,
     slice_dice,
+    stack_slices,
     stop_step,
-    volume_dice,
     volume_quality,
 )
-
+from transforms.slices import plain_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -360,9 +359,9 @@ class RefinementWorkflow:
             with torch.no_grad():  # one pass: the refined mask and the predicted quality of the base mask
                 refined, q = refine_forward(network, case.slices(self.num_slices).to(self.device), base,
                                       self.slice_batch_size, self.divisor)
-            dice.append(volume_dice(refined[:, 0].permute(1, 2, 0).numpy(), case.label.numpy()))
+            dice.append(dice_jaccard(refined[:, 0].permute(1, 2, 0).numpy(), case.label.numpy())[0])
             predicted = volume_quality(q, base.numpy(), refined.numpy())
-            error.append(abs(predicted - volume_dice(case.base.numpy(), case.label.numpy())))
+            error.append(abs(predicted - dice_jaccard(case.base.numpy(), case.label.numpy())[0]))
         return float(np.mean(dice)), float(np.mean(error))
 
     def train(self, network: torch.nn.Module, dataset: RefineSliceDataset, epochs: int,
@@ -429,7 +428,7 @@ class RefinementWorkflow:
             trace = iterate_refinement(network, x, RefineCase.as_slices(case.base), self.max_iterations,
                                        batch_size=self.slice_batch_size, divisor=self.divisor)
             label = case.label.numpy()
-            dice = [volume_dice(m[:, 0].permute(1, 2, 0).numpy(), label) for m in trace.masks]
+            dice = [dice_jaccard(m[:, 0].permute(1, 2, 0).numpy(), label)[0] for m in trace.masks]
             base_slices = RefineCase.as_slices(case.base)[:, 0].numpy()
             label_slices = RefineCase.as_slices(case.label)[:, 0].numpy()
             rows.append({"case": case.case, "dice": dice, "quality": list(trace.qualities),

@@ -63,7 +63,6 @@ from scipy.fft import dctn, idctn
 from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
-
 __all__ = ["BaselineResult", "elastica_energy", "elastica_segment", "selective_energy", "tv_energy", "tv_segment"]
 
 _TAU_HALVINGS = 10  # give up once failed proposals have driven tau down to 2**-10 of its initial value

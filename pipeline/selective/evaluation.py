@@ -12,19 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.evaluation.metrics import dice_jaccard
 from pipeline.selective.padding import PaddedInferer
 
-__all__ = ["dice_jaccard", "evaluate_masks", "overlay_callback", "predict_mask", "run_tracked", "save_overlay"]
-
-
-def dice_jaccard(pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor) -> tuple[float, float]:
-    """Dice and Jaccard (``|A∩B|/|A∪B|``) of two binary masks; both 1.0 when both masks are empty."""
-    a = np.asarray(pred).astype(bool)
-    b = np.asarray(label).astype(bool)
-    inter, total, union = float((a & b).sum()), float(a.sum() + b.sum()), float((a | b).sum())
-    if union == 0:
-        return 1.0, 1.0
-    return 2.0 * inter / total, inter / union
+__all__ = ["evaluate_masks", "overlay_callback", "predict_mask", "run_tracked", "save_overlay"]
 
 
 def evaluate_masks(samples: Sequence[Mapping[str, Any]], masks: Sequence[np.ndarray], csv_path: str | Path | None,

@@ -7,11 +7,11 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from pipeline.selective.samples import MAP_KEYS
-
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pipeline.selective.samples import MAP_KEYS
 
 __all__ = ["TrainingBatch", "PaddedInferer", "SliceStackInferer"]
 
@@ -53,8 +53,6 @@ def pad_map(key: str, t: torch.Tensor, target: Sequence[int]) -> torch.Tensor:
     if key == "fitting":  # outside the image counts as background: the largest fitting cost
         return F.pad(t, pads, value=float(t.max()))
     return F.pad(t, pads, value=_PAD_VALUES.get(key, 0.0))
-
-
 
 
 class PaddedInferer:

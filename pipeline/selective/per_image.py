@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.selective.evaluation import dice_jaccard, evaluate_masks, save_overlay
+from pipeline.evaluation.metrics import dice_jaccard
+from pipeline.selective.evaluation import evaluate_masks, save_overlay
 from pipeline.selective.padding import TrainingBatch, pad_amounts
 from pipeline.selective.samples import PER_IMAGE_METHODS, loader_samples
 

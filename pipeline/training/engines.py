@@ -17,7 +17,6 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
-
 __all__ = ["SelectiveTrainer", "SemiSupervisedTrainer", "prepare_selective_batch"]
 
 
@@ -104,8 +103,6 @@ def prepare_selective_batch(batchdata: Mapping[str, Any], device: Any = None, no
     """``prepare_batch`` for MONAI evaluators: ``(input, label)`` of a selective batch on ``device``."""
     return (batchdata["input"].to(device=device, non_blocking=non_blocking),
             batchdata["label"].to(device=device, non_blocking=non_blocking))
-
-
 
 
 class SelectiveTrainer(SupervisedTrainer):

@@ -120,8 +120,11 @@ def test_inference_from_a_markers_file_keeps_geometry(workspace, m4, tmp_path):
     markers = tmp_path / "lung_004_0000.csv"
     markers.write_text("i,j,k\n" + "".join(f"{i},{j},{z}\n" for i, j in chosen))
     out = tmp_path / "masks"
-    args = ["--config_file", _configs("methods/m4.json", "inference.json"), *workspace["common"],
-            "--input", str(image), "--markers", str(markers), "--output", str(out)]
+    # inference.json runs on its own (model-zoo convention), the method's file merged after it
+    files = "[" + ",".join(f"'{CONFIGS / n}'" for n in ("inference.json", "methods/m4.json")) + "]"
+    args = ["--config_file", files, "--models_root", str(workspace["root"] / "models"), "--features", "8",
+            "--levels", "2", "--num_threads", "2", "--input", str(image), "--markers", str(markers),
+            "--output", str(out)]
     run_bundle(args, workspace["env"])
     saved = nib.load(str(out / "lung_004_0000_left_lung.nii.gz"))
     assert saved.shape == img.shape and np.allclose(saved.affine, img.affine)

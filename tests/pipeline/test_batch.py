@@ -21,7 +21,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pipeline.inference.batch import BatchError, case_name, main, mask_name, run_batch
+from pipeline.inference.batch import BatchError, case_name, mask_name, run_batch
+from pipeline.inference.cli import main
 from pipeline.io.layouts import index_inputs
 from pipeline.inference.predictors import SelectivePredictor
 from pipeline.io.volumes import pseudonym
@@ -188,6 +189,11 @@ def test_cli_bad_command_lines_exit_2_without_traceback(tmp_path: Path, capfd: p
         (["lits", "--input", str(folder), "--features"], "no value"),
         (["lits", "--input", str(folder), "--ckpt_path", str(ckpt), "--features", "4", "--layout", "brats"],
          "BraTS"),
+        # a setting no config of the bundle defines is refused, with the closest known keys
+        (["lits", "--input", str(folder), "--output", str(tmp_path / "o"), "--format", "both"],
+         "unknown setting --format for bundle lits (no config of it defines this key); closest known: --"),
+        (["lits", "--input", str(folder), "--output", str(tmp_path / "o"), "--ckpt_pth", str(ckpt)],
+         "closest known: --ckpt_path"),
     ]
     for argv, expected in cases:
         code = main([*argv, "--no-mlflow"])
@@ -531,7 +537,7 @@ def test_sigkill_halfway_then_rerun_finishes_the_rest(tmp_path: Path) -> None:
     _inputs(folder, 10, shape=(64, 64, 24))
     ckpt = _tiny_lits_checkpoint(tmp_path / "model.pt")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pipeline.inference.batch", "lits", "--input", str(folder), "--output", str(out), "--no-mlflow",
+    cmd = [sys.executable, "-m", "pipeline.inference.cli", "lits", "--input", str(folder), "--output", str(out), "--no-mlflow",
            "--no-progress", "--ckpt_path", str(ckpt), "--features", "4", "--num_threads", "1"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -166,3 +166,17 @@ def test_make_data_writes_brats_phantoms(tmp_path):
     assert sorted(p.name for p in case.iterdir()) == [
         f"brats_000_{m}.nii.gz" for m in ("flair", "seg", "t1", "t1ce", "t2")
     ]
+
+
+def test_override_keys_known_nested_and_close_matches(tmp_path):
+    from pipeline.io.arguments import OverrideError, check_override_keys, config_keys
+
+    config = tmp_path / "c.json"
+    config.write_text('{"max_epochs": 2, "train": {"handlers": [{"interval": 1}]}, "features": 4}')
+    known = config_keys([config])
+    assert {"max_epochs", "train", "train#handlers", "train#handlers#0", "train#handlers#0#interval"} <= known
+    check_override_keys(["max_epochs", "train#handlers#0#interval"], known, "bundle x")  # no error
+    with pytest.raises(OverrideError, match=r"--max_epoch for bundle x \(no config of it defines this key\); closest known: --max_epochs"):
+        check_override_keys(["max_epoch"], known, "bundle x")
+    with pytest.raises(OverrideError, match="closest known: --"):
+        check_override_keys(["zzz"], known, "bundle x")

@@ -1,4 +1,4 @@
-"""Per-case precision / recall metrics and handlers (pipeline.training.metrics) on hand-counted masks."""
+"""Per-case precision / recall metrics and handlers (pipeline.evaluation.metrics) on hand-counted masks."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from pipeline.training.metrics import OverlapRatioMetric, Precision, Recall
+from pipeline.evaluation.metrics import OverlapRatioMetric, Precision, Recall
 
 
 def _masks():

@@ -114,7 +114,7 @@ def test_lits_end_to_end_with_tiny_network(tmp_path, monkeypatch, capsys):
 
 @needs_real_ct
 def test_lung_end_to_end_with_tiny_network(tmp_path, capsys):
-    files = ["train.json", "methods/m4.json", "inference.json"]
+    files = ["inference.json", "methods/m4.json"]
     ckpt = _tiny_checkpoint("lung", tmp_path / "vm.pt", {"features": 4, "levels": 2}, files)
     out = tmp_path / "out"
     code = main(["lung", "--real-data", str(REAL), "--out", str(out), "--no-mlflow", "--ckpt_path", str(ckpt),

@@ -14,17 +14,17 @@ import torch
 import torch.nn as nn
 
 from networks import QualityUNet
-from pipeline.refine.workflow import RefineCase, RefineSliceDataset, RefinementWorkflow
+from pipeline.evaluation.metrics import dice_jaccard
 from pipeline.refine.iteration import (
     choose_k,
     iterate_refinement,
     pearson_r,
     stack_slices,
     stop_step,
-    volume_dice,
     volume_quality,
 )
 from pipeline.refine.predictors import RefinePredictor
+from pipeline.refine.workflow import RefineCase, RefinementWorkflow, RefineSliceDataset
 
 
 @pytest.fixture(autouse=True)
@@ -152,8 +152,8 @@ def test_dice_pearson_choose_k() -> None:
     b = np.zeros((4, 4), bool)
     a[0, :2] = True
     b[0, 1:4] = True
-    assert volume_dice(a, b) == pytest.approx(2 * 1 / 5)
-    assert volume_dice(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+    assert dice_jaccard(a, b)[0] == pytest.approx(2 * 1 / 5)
+    assert dice_jaccard(np.zeros(3, bool), np.zeros(3, bool))[0] == 1.0
     assert pearson_r([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
     assert pearson_r([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert pearson_r([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
@@ -271,7 +271,7 @@ def test_workflow_end_to_end(tmp_path: Path, self_training: str) -> None:
     assert summary["num_own_output_samples"] == (0 if self_training == "none" else 8)  # 2 cases x 4 slices, 1 round
     # the base mask (image > 0.5) of the noisy phantom against its square label, recomputed here
     cases = wf.load_cases()
-    expected = np.mean([volume_dice(c.base.numpy(), c.label.numpy()) for c in cases["test"]])
+    expected = np.mean([dice_jaccard(c.base.numpy(), c.label.numpy())[0] for c in cases["test"]])
     assert summary["test_dice_0x"] == pytest.approx(expected)
     assert len(list((tmp_path / "cache").glob("base_masks_*.pt"))) == 1
     rows = list(csv.DictReader((tmp_path / "eval" / "per_case_test.csv").open()))
@@ -292,8 +292,8 @@ def test_workflow_end_to_end(tmp_path: Path, self_training: str) -> None:
 
 def test_refine_predictor_fills_the_batch_quality_column(tmp_path: Path) -> None:
     from pipeline.inference.batch import run_batch
-    from pipeline.io.layouts import index_inputs
     from pipeline.inference.predictors import SlicePredictor
+    from pipeline.io.layouts import index_inputs
 
     rng = np.random.default_rng(0)
     image = rng.normal(0, 0.1, (16, 16, 3)).astype(np.float32)
@@ -355,7 +355,7 @@ def test_refine_predictor_missing_checkpoint(tmp_path: Path) -> None:
 def test_batch_refine_flag_needs_a_refinement_stage(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A bundle without configs/refine_inference.json: --refine exits 2 naming the missing file."""
-    from pipeline.inference.batch import main
+    from pipeline.inference.cli import main
 
     configs = tmp_path / "bundles" / "plain" / "configs"
     configs.mkdir(parents=True)
@@ -423,8 +423,8 @@ def _lung_datalist(lung_dir: Path) -> list[dict]:
 
 
 def test_lung_slices_become_one_slice_cases(lung_dir: Path) -> None:
-    from pipeline.selective.samples import SelectiveSlices, refine_entries
     from pipeline.selective.padding import SliceStackInferer
+    from pipeline.selective.samples import SelectiveSlices, refine_entries
 
     datalist = _lung_datalist(lung_dir)
     slicer = SelectiveSlices(progress=False)
@@ -454,11 +454,11 @@ def test_lung_workflow_and_predictor_quality(lung_dir: Path, tmp_path: Path) -> 
     """The workflow runs on selective one-slice cases; the predictor writes the quality column per volume."""
     import losses
     from pipeline.inference.batch import run_batch
-    from pipeline.io.layouts import index_inputs
     from pipeline.inference.predictors import SelectivePredictor
+    from pipeline.io.layouts import index_inputs
     from pipeline.refine.predictors import SelectiveRefinePredictor
-    from pipeline.selective.samples import SelectiveSlices, refine_entries
     from pipeline.selective.padding import SliceStackInferer
+    from pipeline.selective.samples import SelectiveSlices, refine_entries
     from transforms import RandImperfectMaskd
 
     datalist = _lung_datalist(lung_dir)
@@ -479,7 +479,7 @@ def test_lung_workflow_and_predictor_quality(lung_dir: Path, tmp_path: Path) -> 
         seed=0, divisor=4, progress=False)
     summary = wf.run()
     assert summary["num_test_cases"] == 3 and len(summary["test_dice_per_k"]) == 3
-    base_dice = [volume_dice(c.base.numpy(), c.label.numpy()) for c in wf.load_cases()["test"]]
+    base_dice = [dice_jaccard(c.base.numpy(), c.label.numpy())[0] for c in wf.load_cases()["test"]]
     assert summary["test_dice_0x"] == pytest.approx(np.mean(base_dice)) and np.mean(base_dice) > 0.3
 
     # batch inference: clicks on one slice of one case, refined mask and quality in cases.csv

@@ -15,7 +15,8 @@ from pipeline.data.splits import split_selective
 from pipeline.inference.batch import run_batch
 from pipeline.inference.predictors import SelectivePredictor, segment_selective
 from pipeline.io.volumes import CaseError, read_volume
-from pipeline.selective.evaluation import dice_jaccard, evaluate_masks, predict_mask
+from pipeline.evaluation.metrics import dice_jaccard
+from pipeline.selective.evaluation import evaluate_masks, predict_mask
 from pipeline.selective.padding import PaddedInferer, TrainingBatch
 from pipeline.selective.per_image import dip_segment
 from pipeline.selective.samples import SelectiveSlices, loader_samples

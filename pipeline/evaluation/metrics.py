@@ -1,4 +1,5 @@
-"""Per-case precision and recall of binary masks, as MONAI metrics and ignite metric handlers.
+"""Scores of binary masks: :func:`mask_scores` / :func:`dice_jaccard` on arrays, and per-case precision and recall as
+MONAI metrics and ignite metric handlers.
 
 MONAI's ``ConfusionMatrixMetric`` keeps raw confusion counts in its buffer, so per-case values (for the CSVs that
 :class:`pipeline.training.handlers.PerCaseMetrics` writes) are not available from it. :class:`OverlapRatioMetric` keeps one
@@ -18,15 +19,37 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from monai.handlers.ignite_metric import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
 
-__all__ = ["OverlapRatioMetric", "Precision", "Recall"]
+__all__ = ["OverlapRatioMetric", "Precision", "Recall", "dice_jaccard", "mask_scores"]
 
 _KINDS = ("precision", "recall")
+
+
+def mask_scores(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor, empty: float = 1.0) -> dict[str, float]:
+    """Dice, Jaccard (``|A∩B|/|A∪B|``), precision and recall of a binary mask ``pred`` against ``ref``.
+
+    A score whose denominator is zero (Dice and Jaccard when both masks are empty, precision for an empty ``pred``,
+    recall for an empty ``ref``) is ``empty`` (1.0 by default: nothing to find and nothing found is right; pass
+    ``float("nan")`` to leave such cases out of a mean).
+    """
+    a = np.asarray(pred).astype(bool)
+    b = np.asarray(ref).astype(bool)
+    tp, na, nb = float(np.logical_and(a, b).sum()), float(a.sum()), float(b.sum())
+    union = na + nb - tp
+    return {"dice": 2.0 * tp / (na + nb) if union else empty, "jaccard": tp / union if union else empty,
+            "precision": tp / na if na else empty, "recall": tp / nb if nb else empty}
+
+
+def dice_jaccard(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor) -> tuple[float, float]:
+    """Dice and Jaccard of two binary masks (:func:`mask_scores`); both 1.0 when both masks are empty."""
+    scores = mask_scores(pred, ref)
+    return scores["dice"], scores["jaccard"]
 
 
 class OverlapRatioMetric(CumulativeIterationMetric):

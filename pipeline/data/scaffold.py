@@ -1,0 +1,195 @@
+"""What the four phantom generators share: smooth random fields and sampling grids, shape checks, ``dataset.json``
+bookkeeping, and the ``varseg make-data`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.io.files import atomic_write
+
+DATASET_JSON = "dataset.json"
+
+
+@dataclass(frozen=True)
+class Field:
+    """A smooth random field in millimetres: a sum of plane waves ``amp * cos(k . p + phase)``."""
+
+    k: np.ndarray
+    phase: np.ndarray
+    amp: np.ndarray
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, modes: int, wavelength_mm: tuple[float, float], std: float) -> Field:
+        """Draw a field of ``modes`` plane waves with log-uniform wavelengths and overall standard deviation ``std``."""
+        direction = rng.normal(size=(modes, 3))
+        direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+        wavelength = np.exp(rng.uniform(np.log(wavelength_mm[0]), np.log(wavelength_mm[1]), modes))
+        k = direction * (2.0 * np.pi / wavelength)[:, None]
+        return cls(k, rng.uniform(0.0, 2.0 * np.pi, modes), np.full(modes, std * math.sqrt(2.0 / modes)))
+
+    def on_grid(self, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray) -> np.ndarray:
+        """Evaluate the field on the grid spanned by 1-D coordinates; float32 ``(len(xs), len(ys), len(zs))``."""
+        out = np.zeros((xs.size, ys.size, zs.size), np.float32)
+        for (kx, ky, kz), phase, amp in zip(self.k, self.phase, self.amp):
+            plane = kx * xs[:, None] + ky * ys[None, :] + phase
+            out += np.cos(plane).astype(np.float32)[:, :, None] * (amp * np.cos(kz * zs)).astype(np.float32)
+            out -= np.sin(plane).astype(np.float32)[:, :, None] * (amp * np.sin(kz * zs)).astype(np.float32)
+        return out
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Voxel-centre coordinates (mm, patient frame) of an axis-aligned grid."""
+
+    xs: np.ndarray
+    ys: np.ndarray
+    zs: np.ndarray
+    spacing: tuple[float, float, float]
+
+    @classmethod
+    def centred(cls, shape: tuple[int, int, int], spacing: Sequence[float], centre: Sequence[float]) -> Grid:
+        """Grid of ``shape`` voxels of ``spacing`` mm whose centre is at ``centre`` (mm)."""
+        axes = [c + (np.arange(n) - (n - 1) / 2.0) * s for n, s, c in zip(shape, spacing, centre)]
+        return cls(axes[0], axes[1], axes[2], (float(spacing[0]), float(spacing[1]), float(spacing[2])))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Number of voxels along x, y, z."""
+        return self.xs.size, self.ys.size, self.zs.size
+
+    def sub(self, steps: tuple[int, int, int]) -> Grid:
+        """Every ``steps``-th voxel along each axis (a subset of this grid's voxel centres)."""
+        sx, sy, sz = steps
+        return Grid(self.xs[::sx], self.ys[::sy], self.zs[::sz],
+                     (self.spacing[0] * sx, self.spacing[1] * sy, self.spacing[2] * sz))
+
+    def box(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, slice, slice] | None:
+        """Index box of the voxels whose centres lie within ``[lo, hi]`` mm, or None when it is empty."""
+        out = []
+        for axis, a, b in zip((self.xs, self.ys, self.zs), lo, hi):
+            i0, i1 = np.searchsorted(axis, a, "left"), np.searchsorted(axis, b, "right")
+            if i1 <= i0:
+                return None
+            out.append(slice(int(i0), int(i1)))
+        return out[0], out[1], out[2]
+
+    def coords(self, box: tuple[slice, slice, slice], centre: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Broadcastable offsets (mm) from ``centre`` of the voxel centres in ``box``."""
+        return (self.xs[box[0]][:, None, None] - centre[0], self.ys[box[1]][None, :, None] - centre[1],
+                self.zs[box[2]][None, None, :] - centre[2])
+
+
+def check_shape(shape: Sequence[int], min_size: int = 8, max_size: int = 2048) -> tuple[int, int, int]:
+    """Validate a grid shape of three integers, each in ``[min_size, max_size]``."""
+    values = tuple(int(s) for s in shape)
+    if len(values) != 3 or any(v != s for v, s in zip(values, shape)):
+        raise ValueError(f"shape must be three integers (x, y, z), got {shape!r}")
+    if any(not min_size <= v <= max_size for v in values):
+        raise ValueError(f"shape {values} out of range: each size must be in [{min_size}, {max_size}]")
+    return values[0], values[1], values[2]
+
+
+def segment_mask(grid: Grid, a: np.ndarray, b: np.ndarray, ra: float,
+                  rb: float) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """Index box and mask of a tapered cylinder (capsule) from ``a`` to ``b``."""
+    r = max(ra, rb)
+    box = grid.box(np.minimum(a, b) - r, np.maximum(a, b) + r)
+    if box is None:
+        return None
+    px, py, pz = grid.coords(box, a)
+    d = b - a
+    t = np.clip((px * d[0] + py * d[1] + pz * d[2]) / max(float(d @ d), 1e-9), 0.0, 1.0)
+    dist2 = (px - t * d[0]) ** 2 + (py - t * d[1]) ** 2 + (pz - t * d[2]) ** 2
+    return box, dist2 < (ra + t * (rb - ra)) ** 2
+
+
+def sync_dataset_json(
+    folder: Path,
+    describe: Callable[[list[int]], dict[str, Any]],
+    identity_keys: Sequence[str],
+    cases: Sequence[int],
+    stray: Sequence[str],
+) -> None:
+    """Create or extend ``folder/dataset.json``; refuse a folder made with other settings or holding foreign files.
+
+    Args:
+        folder: the data set folder.
+        describe: ``describe(case_numbers)`` returns the full ``dataset.json`` content for those cases.
+        identity_keys: keys that must match an existing ``dataset.json`` (generator, version, seed, shape, ...).
+        cases: case numbers about to be written.
+        stray: data files already in the folder (used only when there is no ``dataset.json`` yet).
+
+    Raises:
+        ValueError: the folder holds data files but no ``dataset.json``, its ``dataset.json`` is unreadable, or it
+            was made with other settings.
+    """
+    path = folder / DATASET_JSON
+    wanted = describe(sorted(int(c) for c in cases))
+    if not path.exists():
+        if stray:
+            raise ValueError(f"{folder} holds {', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''} but no "
+                             f"{DATASET_JSON}: these are not phantoms of this generator; use an empty folder")
+    else:
+        try:
+            existing = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read {path}: {err}") from err
+        differ = [k for k in identity_keys if existing.get(k) != wanted[k]]
+        if differ:
+            found = ", ".join(f"{k}={existing.get(k)!r}" for k in differ)
+            requested = ", ".join(f"{k}={wanted[k]!r}" for k in differ)
+            raise ValueError(f"{folder} holds phantoms made with other settings ({found}; requested {requested}); "
+                             "use another folder or delete this one")
+        known = {int(c) for c in existing.get("cases", [])}
+        if known.issuperset(int(c) for c in cases):
+            return
+        wanted = describe(sorted(known | {int(c) for c in cases}))
+    atomic_write(folder, DATASET_JSON, lambda p: p.write_text(json.dumps(wanted, indent=2) + "\n"))
+
+
+def phantom_parser(dataset: str, description: str, num_cases: int, shape: Sequence[int],
+                   shape_help: str = "grid size in voxels") -> argparse.ArgumentParser:
+    """The ``varseg make-data <dataset>`` parser with the options every generator has; add the generator's own."""
+    parser = argparse.ArgumentParser(prog=f"varseg make-data {dataset}", description=description)
+    parser.add_argument("out_dir", nargs="?", default=None, help="output folder (or --out)")
+    parser.add_argument("--out", dest="out_option", default=None, help="output folder")
+    parser.add_argument("--num-cases", type=int, default=num_cases, help=f"number of cases (default {num_cases})")
+    parser.add_argument("--shape", type=int, nargs=3, default=list(shape), metavar=("X", "Y", "Z"),
+                        help=f"{shape_help} (default {' '.join(map(str, shape))})")
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    parser.add_argument("--start-index", type=int, default=0, help="number of the first case (default 0)")
+    parser.add_argument("--overwrite", action="store_true", help="regenerate existing cases")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def run_phantom_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None, what: str,
+                        generate: Callable[[argparse.Namespace], tuple[list[dict[str, Any]], int]],
+                        details: Callable[[argparse.Namespace], str] = lambda args: "") -> int:
+    """Parse ``argv``, run ``generate(args)`` (returns the datalist and the number of cases written), print a summary.
+
+    A bad setting or a folder holding other data (``ValueError``) prints one ``error:`` line and exits with 2.
+    """
+    args = parser.parse_args(argv)
+    if (args.out_dir is None) == (args.out_option is None):
+        parser.error("give the output folder once: as OUT_DIR or as --out DIR")
+    args.out_dir = args.out_dir if args.out_dir is not None else args.out_option
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        datalist, written = generate(args)
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
+    extra = details(args)
+    print(f"{len(datalist)} {what} in {Path(args.out_dir).expanduser().absolute()} ({written} written, "
+          f"{len(datalist) - written} already present; shape {tuple(args.shape)}, seed {args.seed}"
+          f"{', ' + extra if extra else ''})")
+    return 0

@@ -1,0 +1,2 @@
+"""Evaluation: scores of masks against references (Dice, Jaccard, precision, recall), as plain functions and as
+MONAI metrics and ignite handlers."""
