@@ -20,7 +20,6 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from _common import ROOT, emit, parser
@@ -81,8 +80,8 @@ def child(name: str, mode: str, shape: tuple[int, int, int], slices: int, seed: 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipeline.inference.predictors import load_weights
     from pipeline.inference.inferers import AdjacentSliceInferer
+    from pipeline.io.files import load_weights
 
     network, channels = build(name)
     weights = "random"

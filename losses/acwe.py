@@ -24,7 +24,7 @@ import torch
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from .mumford_shah import _check_reduction, _compute_dtype
+from .checks import check_reduction, check_weight, compute_dtype
 
 __all__ = ["ACWELoss", "ActiveContourLabelLoss", "ACWEWithLabelLoss"]
 
@@ -59,17 +59,6 @@ def _check_single_channel(input: torch.Tensor, other: torch.Tensor, other_name: 
         raise ValueError(f"input must be a floating-point tensor, got dtype {input.dtype}.")
     if other_name == "image" and not torch.is_floating_point(other):
         raise ValueError(f"image must be a floating-point tensor, got dtype {other.dtype}.")
-
-
-def _check_weight(value: float, name: str) -> float:
-    """Return ``value`` as a float or raise a ``ValueError`` if it is not a finite non-negative number."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}.") from None
-    if not (out >= 0.0 and out != float("inf")):
-        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}.")
-    return out
 
 
 def _region_mean(weight: torch.Tensor, image: torch.Tensor, denominator: str) -> torch.Tensor:
@@ -228,17 +217,17 @@ class ACWELoss(_Loss):
             ValueError: ``reduction`` not one of ``"none"``, ``"mean"``, ``"sum"``; ``denominator`` not ``"count"``
                 or ``"sum"``; ``nu`` negative or not finite.
         """
-        super().__init__(reduction=_check_reduction(reduction))
+        super().__init__(reduction=check_reduction(reduction))
         if denominator not in _DENOMINATORS:
             raise ValueError(f"denominator must be one of {list(_DENOMINATORS)}, got {denominator!r}.")
-        self.nu = _check_weight(nu, "nu")
+        self.nu = check_weight(nu, "nu")
         self.pool_batch = bool(pool_batch)
         self.denominator = denominator
 
     def per_image(self, input: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Per-image values ``L_b`` of shape ``(B,)`` (see the class docstring); arguments as in :meth:`forward`."""
         _check_single_channel(input, image, "image")
-        dtype = _compute_dtype(input, image)
+        dtype = compute_dtype(input, image)
         u = torch.clamp(input.to(dtype), 0.0, 1.0)
         return _acwe_energy(u, image.to(dtype), self.nu, self.pool_batch, self.denominator)
 
@@ -315,10 +304,10 @@ class ActiveContourLabelLoss(_Loss):
             ValueError: ``reduction`` not one of ``"none"``, ``"mean"``, ``"sum"``; a negative or non-finite weight
                 or ``eps``.
         """
-        super().__init__(reduction=_check_reduction(reduction))
-        self.length_weight = _check_weight(length_weight, "length_weight")
-        self.region_weight = _check_weight(region_weight, "region_weight")
-        self.eps = _check_weight(eps, "eps")
+        super().__init__(reduction=check_reduction(reduction))
+        self.length_weight = check_weight(length_weight, "length_weight")
+        self.region_weight = check_weight(region_weight, "region_weight")
+        self.eps = check_weight(eps, "eps")
 
     def _prepare(self, input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _check_single_channel(input, target, "target")
@@ -330,7 +319,7 @@ class ActiveContourLabelLoss(_Loss):
                 f"the length term needs every spatial size >= {min_size} for {input.ndim - 2}D input, got input "
                 f"shape {tuple(input.shape)}."
             )
-        dtype = _compute_dtype(input, target) if torch.is_floating_point(target) else _compute_dtype(input)
+        dtype = compute_dtype(input, target) if torch.is_floating_point(target) else compute_dtype(input)
         return torch.clamp(input.to(dtype), 0.0, 1.0), target.to(dtype)
 
     def per_image(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -427,8 +416,8 @@ class ACWEWithLabelLoss(_Loss):
         Raises:
             ValueError: invalid ``reduction`` or ``denominator``, or a negative / non-finite weight.
         """
-        super().__init__(reduction=_check_reduction(reduction))
-        self.alpha = _check_weight(alpha, "alpha")
+        super().__init__(reduction=check_reduction(reduction))
+        self.alpha = check_weight(alpha, "alpha")
         self.acwe = ACWELoss(nu=nu, pool_batch=pool_batch, reduction=LossReduction.NONE, denominator=denominator)
         self.label = ActiveContourLabelLoss(
             length_weight=length_weight, region_weight=region_weight, reduction=LossReduction.NONE, eps=eps

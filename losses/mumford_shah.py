@@ -21,18 +21,9 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
+from .checks import check_reduction, compute_dtype
+
 __all__ = ["BiasFieldMumfordShahLoss", "MumfordShahLoss", "SemiSupervisedMumfordShahLoss"]
-
-_REDUCTIONS = tuple(r.value for r in LossReduction)
-
-
-def _check_reduction(reduction: LossReduction | str, name: str = "reduction") -> str:
-    """Return ``reduction`` as a plain string or raise a ``ValueError`` naming the accepted values."""
-    try:
-        return LossReduction(reduction).value
-    except ValueError:
-        raise ValueError(f"{name} must be one of {list(_REDUCTIONS)}, got {reduction!r}.") from None
-
 
 def _check_input_image(input: torch.Tensor, image: torch.Tensor, input_name: str = "input") -> None:
     """Validate a ``BNH[WD]`` prediction against a ``BCH[WD]`` image.
@@ -70,14 +61,6 @@ def _check_input_image(input: torch.Tensor, image: torch.Tensor, input_name: str
         )
     if input.shape[0] < 1 or input[0, 0].numel() == 0:
         raise ValueError(f"{input_name} has an empty batch or spatial axis, shape {tuple(input.shape)}.")
-
-
-def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """Common floating dtype of ``tensors``, at least float32 (sums over many voxels are unsafe in half precision)."""
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return torch.promote_types(dtype, torch.float32)
 
 
 def _mumford_shah_terms(y: torch.Tensor, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,7 +166,7 @@ class MumfordShahLoss(_Loss):
             pass ``torch.cat([1 - p, p], dim=1)``. With ``softmax=True``, ``N = 1`` is rejected because the softmax
             of a single channel is identically one.
         """
-        super().__init__(reduction=_check_reduction(reduction))
+        super().__init__(reduction=check_reduction(reduction))
         if not float(tv_weight) >= 0.0:
             raise ValueError(f"tv_weight must be a non-negative number, got {tv_weight!r}.")
         if not float(eps) >= 0.0:
@@ -199,7 +182,7 @@ class MumfordShahLoss(_Loss):
                 f"softmax=True needs at least two channels in input (the softmax of one channel is constant), "
                 f"got input shape {tuple(input.shape)}."
             )
-        dtype = _compute_dtype(input, image)
+        dtype = compute_dtype(input, image)
         y = input.to(dtype)
         x = image.to(dtype)
         if self.softmax:
@@ -218,7 +201,7 @@ class MumfordShahLoss(_Loss):
             return normalised.mean()
         if self.reduction == LossReduction.NONE.value:
             return normalised.reshape(*energy.shape, *([1] * len(spatial)))
-        raise ValueError(f"reduction must be one of {list(_REDUCTIONS)}, got {self.reduction!r}.")
+        raise ValueError(f"reduction must be one of {[r.value for r in LossReduction]}, got {self.reduction!r}.")
 
     def forward(self, input: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """
@@ -323,8 +306,8 @@ class SemiSupervisedMumfordShahLoss(_Loss):
             ValueError: invalid ``reduction`` / ``ms_reduction``, negative ``beta``, ``tv_weight`` or ``eps``, or
                 ``ce_weight`` that is not a 1-D sequence of non-negative numbers.
         """
-        super().__init__(reduction=_check_reduction(reduction))
-        ms_reduction = _check_reduction(ms_reduction, "ms_reduction")
+        super().__init__(reduction=check_reduction(reduction))
+        ms_reduction = check_reduction(ms_reduction, "ms_reduction")
         if ms_reduction == LossReduction.NONE.value:
             raise ValueError(f"ms_reduction must be 'mean' or 'sum', got {ms_reduction!r}.")
         if not float(beta) >= 0.0:
@@ -431,7 +414,7 @@ class SemiSupervisedMumfordShahLoss(_Loss):
             raise ValueError(f"ce_weight has {weight.numel()} entries but logits have N = {num_classes} classes.")
 
         # Mumford–Shah term on all samples, per (b, n) raw energies.
-        probs = torch.softmax(logits.to(_compute_dtype(logits, image)), dim=1)
+        probs = torch.softmax(logits.to(compute_dtype(logits, image)), dim=1)
         y, x = self.ms_loss._prepare(probs, image)
         data, tv = _mumford_shah_terms(y, x, self.ms_loss.eps)
         energy = data + self.ms_loss.tv_weight * tv  # (B, N)
@@ -617,7 +600,7 @@ class BiasFieldMumfordShahLoss(MumfordShahLoss):
                 f"channel(s) ({'one per image channel' if self.per_channel_bias else 'the last channel'}), got input "
                 f"shape {tuple(input.shape)} for image shape {tuple(image.shape)}."
             )
-        dtype = _compute_dtype(input, image)
+        dtype = compute_dtype(input, image)
         y, raw = input.to(dtype)[:, :n], input.to(dtype)[:, n:]
         if self.softmax:
             y = torch.softmax(y, dim=1)

@@ -23,8 +23,7 @@ import torch
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from .acwe import _check_weight
-from .mumford_shah import _check_reduction, _compute_dtype
+from .checks import check_reduction, check_weight, compute_dtype
 
 __all__ = ["DIPSelectiveLoss", "SelectiveLoss", "weighted_tv"]
 
@@ -91,7 +90,7 @@ def weighted_tv(u: torch.Tensor, weight: torch.Tensor | None = None, eps: float 
         tensor([1.8000])
     """
     _check_u(u, "u")
-    eps = _check_weight(eps, "eps")
+    eps = check_weight(eps, "eps")
     magnitude = _gradient_magnitude(u, eps)
     if weight is not None:
         _check_like(weight, "weight", u, "u")
@@ -161,11 +160,11 @@ class SelectiveLoss(_Loss):
         Raises:
             ValueError: an unknown ``reduction``, or a negative or non-finite weight or ``eps``.
         """
-        super().__init__(reduction=_check_reduction(reduction))
-        self.mu = _check_weight(mu, "mu")
-        self.lam = _check_weight(lam, "lam")
-        self.theta = _check_weight(theta, "theta")
-        self.eps = _check_weight(eps, "eps")
+        super().__init__(reduction=check_reduction(reduction))
+        self.mu = check_weight(mu, "mu")
+        self.lam = check_weight(lam, "lam")
+        self.theta = check_weight(theta, "theta")
+        self.eps = check_weight(eps, "eps")
         self.last_regulariser: float = float("nan")
         self.last_fitting: float = float("nan")
         self.last_geodesic: float = float("nan")
@@ -198,7 +197,7 @@ class SelectiveLoss(_Loss):
         if edge is not None:
             _check_like(edge, "edge", u, "u")
             maps.append(edge)
-        dtype = _compute_dtype(*maps)
+        dtype = compute_dtype(*maps)
         u_, fitting_, distance_ = (t.to(dtype) for t in maps[:3])
         fit = self.lam * (fitting_ * u_).flatten(start_dim=1).sum(dim=1)
         geo = self.theta * (distance_ * u_).flatten(start_dim=1).sum(dim=1)
@@ -251,9 +250,9 @@ class DIPSelectiveLoss(_Loss):
         Raises:
             ValueError: an unknown ``reduction``, or a negative or non-finite weight.
         """
-        super().__init__(reduction=_check_reduction(reduction))
-        self.lam = _check_weight(lam, "lam")
-        self.theta = _check_weight(theta, "theta")
+        super().__init__(reduction=check_reduction(reduction))
+        self.lam = check_weight(lam, "lam")
+        self.theta = check_weight(theta, "theta")
         self.last_fitting: float = float("nan")
         self.last_geodesic: float = float("nan")
         self.last_coupling: float = float("nan")
@@ -279,7 +278,7 @@ class DIPSelectiveLoss(_Loss):
         _check_like(u_dip, "u_dip", u_vm, "u_vm")
         _check_like(fitting, "fitting", u_vm, "u_vm")
         _check_like(distance, "distance", u_vm, "u_vm")
-        dtype = _compute_dtype(u_vm, u_dip, fitting, distance)
+        dtype = compute_dtype(u_vm, u_dip, fitting, distance)
         u_vm_, u_dip_, fitting_, distance_ = (t.to(dtype) for t in (u_vm, u_dip, fitting, distance))
         u = u_vm_ * u_dip_
         fit = self.lam * (fitting_ * u).flatten(start_dim=1).sum(dim=1)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from transforms.eikonal import _BIG
-
-BIG = np.float32(_BIG)
+#: "Not reached yet". Defined here, not imported: numba's disk cache keys on this file, so a value changed elsewhere
+#: would not recompile the cached kernels. :data:`transforms.eikonal._BIG` holds the same value for the torch path.
+BIG = np.float32(1e20)
 PARALLEL = False
 
 

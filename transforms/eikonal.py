@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 # Stand-in for "unknown" distances and the cost of fixed voxels: finite, so that no inf/NaN ever enters the
 # arithmetic (on x86, square roots of negative numbers and NaN operands run an order of magnitude slower).
-_BIG = 1e20
+_BIG = 1e20  # the same as transforms._eikonal_kernels.BIG (kept there, where numba's cache sees it)
 
 
 def _segment(u0: torch.Tensor, u1: torch.Tensor, invf: torch.Tensor, f: torch.Tensor, hx: float, hs: float) -> torch.Tensor:

@@ -30,7 +30,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils.enums import TransformBackends
 from monai.utils.type_conversion import convert_to_dst_type, convert_to_tensor
 
-from .slices import StackAdjacentSlices, _check_num_slices, _spatial_axis
+from .slices import StackAdjacentSlices, check_num_slices, spatial_axis
 
 __all__ = [
     "BRATS_MODALITIES",
@@ -96,7 +96,7 @@ def modality_channel_names(modalities: Sequence[str], num_slices: int = 3) -> li
         >>> modality_channel_names(("flair", "t1ce"))
         ['flair@z-1', 'flair@z', 'flair@z+1', 't1ce@z-1', 't1ce@z', 't1ce@z+1']
     """
-    k = _check_num_slices(num_slices)
+    k = check_num_slices(num_slices)
     offsets = [o - k // 2 for o in range(k)]
     return [f"{m}@z{o:+d}" if o else f"{m}@z" for m in modalities for o in offsets]
 
@@ -131,7 +131,7 @@ def complete_tumour_slice(label: NdarrayOrTensor, index: int, axis: int = -1) ->
         ValueError: when ``label`` is not ``(1, H, W, D)`` or ``(H, W, D)`` or ``index`` is outside the volume.
     """
     label = _label_volume(label)
-    spatial = _spatial_axis(axis)
+    spatial = spatial_axis(axis)
     depth = label.shape[spatial + 1]
     if not -depth <= int(index) < depth:
         raise ValueError(f"slice index {index} is outside the volume (depth {depth} along axis {axis}).")
@@ -180,8 +180,8 @@ class StackModalitySlices(Transform):
     def __init__(self, modalities: Sequence[str] | None = BRATS_MODALITIES, num_slices: int = 3, axis: int = -1,
                  index: int | None = None) -> None:
         self.modalities = _check_modalities(modalities)
-        self.num_slices = _check_num_slices(num_slices)
-        self.axis = _spatial_axis(axis)
+        self.num_slices = check_num_slices(num_slices)
+        self.axis = spatial_axis(axis)
         self.index = None if index is None else int(index)
 
     @property

@@ -22,7 +22,9 @@ from monai.utils import ensure_tuple
 from monai.utils.enums import TransformBackends
 
 __all__ = [
+    "check_num_slices",
     "plain_tensor",
+    "spatial_axis",
     "adjacent_slice_indices",
     "StackAdjacentSlices",
     "UnstackSlices",
@@ -40,7 +42,7 @@ def plain_tensor(x: NdarrayOrTensor) -> torch.Tensor:
     return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
-def _check_num_slices(num_slices: int) -> int:
+def check_num_slices(num_slices: int) -> int:
     """Return ``num_slices`` as an int after checking it is an odd integer >= 1."""
     if isinstance(num_slices, bool) or not isinstance(num_slices, (int, np.integer)):
         raise TypeError(f"num_slices must be an int, got {num_slices!r} of type {type(num_slices).__name__}.")
@@ -49,7 +51,7 @@ def _check_num_slices(num_slices: int) -> int:
     return int(num_slices)
 
 
-def _spatial_axis(axis: int) -> int:
+def spatial_axis(axis: int) -> int:
     """Return the spatial axis (0, 1 or 2) of a channel-first 3D volume for ``axis`` in [-3, 2]."""
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -3 <= axis <= 2:
         raise ValueError(f"axis must index one of the 3 spatial dimensions (-3..2, channel excluded), got {axis!r}.")
@@ -99,7 +101,7 @@ def adjacent_slice_indices(depth: int, num_slices: int, slices: Sequence[int] | 
                [1, 2, 3],
                [2, 3, 3]])
     """
-    num_slices = _check_num_slices(num_slices)
+    num_slices = check_num_slices(num_slices)
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}.")
     offsets = np.arange(num_slices, dtype=np.int64) - num_slices // 2
@@ -138,8 +140,8 @@ class StackAdjacentSlices(Transform):
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
     def __init__(self, num_slices: int = 3, axis: int = -1, slices: Sequence[int] | None = None) -> None:
-        self.num_slices = _check_num_slices(num_slices)
-        self.axis = _spatial_axis(axis)
+        self.num_slices = check_num_slices(num_slices)
+        self.axis = spatial_axis(axis)
         self.slices = None if slices is None else tuple(int(s) for s in ensure_tuple(slices))
 
     def __call__(self, img: NdarrayOrTensor, slices: Sequence[int] | None = None) -> NdarrayOrTensor:
@@ -205,8 +207,8 @@ class UnstackSlices(Transform):
         num_total: int | None = None,
         fill_value: float = 0.0,
     ) -> None:
-        self.axis = _spatial_axis(axis)
-        self.num_slices = _check_num_slices(num_slices)
+        self.axis = spatial_axis(axis)
+        self.num_slices = check_num_slices(num_slices)
         self.slices = None if slices is None else tuple(int(s) for s in ensure_tuple(slices))
         self.num_total = num_total
         self.fill_value = fill_value

@@ -70,11 +70,22 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
-from tqdm import tqdm
 
-from pipeline.io.files import atomic_write, nifti_image
+from pipeline.io.files import nifti_image
+from pipeline.io.layouts import index_brats
 
-from .scaffold import DATASET_JSON, Field, check_shape, phantom_parser, run_phantom_command, sync_dataset_json
+from .scaffold import (
+    DATASET_JSON,
+    Field,
+    case_indices,
+    check_shape,
+    phantom_parser,
+    real_or_phantoms,
+    run_phantom_command,
+    sync_dataset_json,
+    write_case_files,
+    write_cases,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -426,23 +437,14 @@ def _case_files(folder: Path, index: int) -> dict[str, Path]:
 def _write_case(folder: Path, index: int, shape: tuple[int, int, int], seed: int, bias_strength: float,
                 overwrite: bool) -> bool:
     """Write case ``index`` unless all five files exist; returns whether it was written."""
-    files = _case_files(folder, index)
-    present = {role: path.exists() for role, path in files.items()}
-    if all(present.values()) and not overwrite:
-        logger.debug("case %d already in %s; skipped", index, folder)
-        return False
-    if any(present.values()) and not overwrite:
-        missing = ", ".join(files[r].name for r, p in present.items() if not p)
-        raise ValueError(f"case folder {files['seg'].parent} is incomplete (missing {missing}); remove it or pass "
-                         f"overwrite=True to regenerate case {index}")
-    case = make_brats_case(index, shape, seed, bias_strength)
-    files["seg"].parent.mkdir(exist_ok=True)
-    text = f"varseg brats phantom seed={seed} case={index}"
-    arrays = {**case.images, "seg": case.label}
-    for role, path in files.items():
-        image = nifti_image(arrays[role], case.affine, f"{text} {role}")
-        atomic_write(path.parent, path.name, lambda p, im=image: nib.save(im, p))
-    return True
+
+    def make() -> dict[str, nib.Nifti1Image]:
+        case = make_brats_case(index, shape, seed, bias_strength)
+        text = f"varseg brats phantom seed={seed} case={index}"
+        return {role: nifti_image(array, case.affine, f"{text} {role}")
+                for role, array in {**case.images, "seg": case.label}.items()}
+
+    return write_case_files(_case_files(folder, index), index, overwrite, make)
 
 
 def _dataset_description(shape: tuple[int, int, int], seed: int, bias_strength: float,
@@ -473,18 +475,11 @@ def _sync_dataset_json(folder: Path, shape: tuple[int, int, int], seed: int, bia
 def _generate(out_dir: str | Path, num_cases: int, shape: Sequence[int], seed: int, bias_strength: float,
               start_index: int, overwrite: bool, progress: bool) -> tuple[list[dict[str, Any]], int]:
     """Write the phantoms; returns the datalist and the number of cases actually written."""
-    shape = check_shape(shape)
-    strength = _check_bias_strength(bias_strength)
-    if int(num_cases) != num_cases or num_cases < 1 or int(start_index) != start_index or start_index < 0:
-        raise ValueError(f"num_cases must be >= 1 and start_index >= 0, got {num_cases!r} and {start_index!r}")
-    folder = Path(out_dir).expanduser().absolute()
-    folder.mkdir(parents=True, exist_ok=True)
-    indices = list(range(int(start_index), int(start_index) + int(num_cases)))
-    _sync_dataset_json(folder, shape, int(seed), strength, indices)
-    written = 0
-    for index in tqdm(indices, desc="BraTS phantoms", unit="case", disable=not progress):
-        written += _write_case(folder, index, shape, int(seed), strength, overwrite)
-    logger.info("BraTS phantoms in %s: %d written, %d already present", folder, written, len(indices) - written)
+    shape, strength, indices = check_shape(shape), _check_bias_strength(bias_strength), case_indices(num_cases,
+                                                                                                    start_index)
+    folder, written = write_cases(
+        out_dir, indices, lambda f, c: _sync_dataset_json(f, shape, int(seed), strength, c),
+        lambda f, i: _write_case(f, i, shape, int(seed), strength, overwrite), "BraTS phantoms", progress)
     datalist = []
     for index in indices:
         files = _case_files(folder, index)
@@ -549,13 +544,9 @@ def brats_datalist(dataset_dir: str | Path | None, synthetic_dir: str | Path, nu
             requested modality.
         ValueError: if ``synthetic_dir`` holds phantoms of other settings, or for an unknown modality name.
     """
-    from pipeline.io.layouts import index_brats  # pipeline.io.layouts imports this package: import when called
-
-    if dataset_dir is not None and str(dataset_dir).strip() not in ("", "synthetic"):
-        return index_brats(dataset_dir, modalities=modalities)
-    wanted = {entry["case"] for entry in generate_brats_phantoms(synthetic_dir, num_cases, shape, seed,
-                                                                 bias_strength, progress=False)}
-    return [entry for entry in index_brats(synthetic_dir, modalities=modalities) if entry["case"] in wanted]
+    return real_or_phantoms(
+        dataset_dir, synthetic_dir, lambda folder: index_brats(folder, modalities=modalities),
+        lambda: generate_brats_phantoms(synthetic_dir, num_cases, shape, seed, bias_strength, progress=False))
 
 
 # ----------------------------------------------------------------------------------------------------------------

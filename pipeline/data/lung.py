@@ -72,25 +72,28 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
-from tqdm import tqdm
 
 from pipeline.io.datasets import IMAGES_DIR, LUNG_IMAGE_RE, MASKS_DIR, index_lung
-from pipeline.io.files import atomic_write, nifti_image
+from pipeline.io.files import nifti_image
 
 from .scaffold import (
     DATASET_JSON,
     Field,
     Grid,
+    case_indices,
     check_shape,
     phantom_parser,
+    real_or_phantoms,
     run_phantom_command,
     segment_mask,
     sync_dataset_json,
+    write_case_files,
+    write_cases,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LUNG_LABELS", "generate_lung_phantoms", "index_lung", "lung_datalist", "make_lung_case"]
+__all__ = ["LUNG_LABELS", "generate_lung_phantoms", "lung_datalist", "make_lung_case"]
 
 LUNG_LABELS: dict[int, str] = {0: "background", 1: "left lung", 2: "right lung"}
 TISSUES: dict[str, int] = {
@@ -652,19 +655,13 @@ def _case_entry(folder: Path, index: int) -> dict[str, str]:
 def _write_case(folder: Path, index: int, shape: tuple[int, int, int], seed: int, overwrite: bool) -> bool:
     """Write case ``index`` unless both files exist; returns whether it was written."""
     entry = _case_entry(folder, index)
-    present = [Path(entry[key]).exists() for key in ("image", "label")]
-    if all(present) and not overwrite:
-        logger.debug("case %d already in %s; skipped", index, folder)
-        return False
-    if any(present) and not overwrite:
-        lone = entry["image"] if present[0] else entry["label"]
-        raise ValueError(f"{lone} exists without its pair; remove it or pass overwrite=True to regenerate case {index}")
-    volume, label, affine = make_lung_case(index, shape, seed)
-    text = f"varseg lung phantom seed={seed} case={index}"
-    mask_image, vol_image = nifti_image(label, affine, text), nifti_image(volume, affine, text)
-    atomic_write(folder / MASKS_DIR, Path(entry["label"]).name, lambda p: nib.save(mask_image, p))
-    atomic_write(folder / IMAGES_DIR, Path(entry["image"]).name, lambda p: nib.save(vol_image, p))
-    return True
+
+    def make() -> dict[str, nib.Nifti1Image]:
+        volume, label, affine = make_lung_case(index, shape, seed)
+        text = f"varseg lung phantom seed={seed} case={index}"
+        return {"label": nifti_image(label, affine, text), "image": nifti_image(volume, affine, text)}
+
+    return write_case_files({"label": Path(entry["label"]), "image": Path(entry["image"])}, index, overwrite, make)
 
 
 def _dataset_description(shape: tuple[int, int, int], seed: int, cases: Sequence[int]) -> dict[str, Any]:
@@ -693,19 +690,10 @@ def _sync_dataset_json(folder: Path, shape: tuple[int, int, int], seed: int, cas
 def _generate(out_dir: str | Path, num_cases: int, shape: Sequence[int], seed: int, start_index: int,
               overwrite: bool, progress: bool) -> tuple[list[dict[str, str]], int]:
     """Write the phantoms; returns the datalist and the number of cases actually written."""
-    shape = check_shape(shape)
-    if int(num_cases) != num_cases or num_cases < 1 or int(start_index) != start_index or start_index < 0:
-        raise ValueError(f"num_cases must be >= 1 and start_index >= 0, got {num_cases!r} and {start_index!r}")
-    folder = Path(out_dir).expanduser().absolute()
-    folder.mkdir(parents=True, exist_ok=True)
-    indices = list(range(int(start_index), int(start_index) + int(num_cases)))
-    _sync_dataset_json(folder, shape, int(seed), indices)
-    (folder / IMAGES_DIR).mkdir(exist_ok=True)
-    (folder / MASKS_DIR).mkdir(exist_ok=True)
-    written = 0
-    for index in tqdm(indices, desc="lung phantoms", unit="case", disable=not progress):
-        written += _write_case(folder, index, shape, int(seed), overwrite)
-    logger.info("lung phantoms in %s: %d written, %d already present", folder, written, len(indices) - written)
+    shape, indices = check_shape(shape), case_indices(num_cases, start_index)
+    folder, written = write_cases(out_dir, indices, lambda f, c: _sync_dataset_json(f, shape, int(seed), c),
+                                  lambda f, i: _write_case(f, i, shape, int(seed), overwrite), "lung phantoms",
+                                  progress)
     return [_case_entry(folder, i) for i in indices], written
 
 
@@ -760,10 +748,8 @@ def lung_datalist(dataset_dir: str | Path | None, synthetic_dir: str | Path, num
         LayoutError: if ``dataset_dir`` is not in the Learn2Reg lung layout.
         ValueError: if ``synthetic_dir`` holds phantoms of other settings.
     """
-    if dataset_dir is not None and str(dataset_dir).strip() not in ("", "synthetic"):
-        return index_lung(dataset_dir)
-    wanted = {entry["case"] for entry in generate_lung_phantoms(synthetic_dir, num_cases, shape, seed)}
-    return [entry for entry in index_lung(synthetic_dir) if entry["case"] in wanted]
+    return real_or_phantoms(dataset_dir, synthetic_dir, index_lung,
+                            lambda: generate_lung_phantoms(synthetic_dir, num_cases, shape, seed))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

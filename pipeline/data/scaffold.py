@@ -7,14 +7,33 @@ import argparse
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+from tqdm import tqdm
 
 from pipeline.io.files import atomic_write
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DATASET_JSON",
+    "Field",
+    "Grid",
+    "case_indices",
+    "check_shape",
+    "phantom_parser",
+    "real_or_phantoms",
+    "run_phantom_command",
+    "segment_mask",
+    "sync_dataset_json",
+    "write_case_files",
+    "write_cases",
+]
 
 DATASET_JSON = "dataset.json"
 
@@ -193,3 +212,67 @@ def run_phantom_command(parser: argparse.ArgumentParser, argv: Sequence[str] | N
           f"{len(datalist) - written} already present; shape {tuple(args.shape)}, seed {args.seed}"
           f"{', ' + extra if extra else ''})")
     return 0
+
+
+def case_indices(num_cases: int, start_index: int) -> list[int]:
+    """Case numbers ``start_index .. start_index + num_cases - 1``; raises ``ValueError`` for a bad count or start."""
+    if int(num_cases) != num_cases or num_cases < 1 or int(start_index) != start_index or start_index < 0:
+        raise ValueError(f"num_cases must be >= 1 and start_index >= 0, got {num_cases!r} and {start_index!r}")
+    return list(range(int(start_index), int(start_index) + int(num_cases)))
+
+
+def write_cases(out_dir: str | Path, indices: Sequence[int], sync: Callable[[Path, list[int]], None],
+                write_case: Callable[[Path, int], bool], what: str, progress: bool) -> tuple[Path, int]:
+    """Create ``out_dir``, check/extend its ``dataset.json`` (``sync``), write every case not there yet.
+
+    Returns:
+        The absolute folder and the number of cases ``write_case(folder, index)`` actually wrote.
+    """
+    folder = Path(out_dir).expanduser().absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    sync(folder, list(indices))
+    written = 0
+    for index in tqdm(indices, desc=what, unit="case", disable=not progress):
+        written += bool(write_case(folder, index))
+    logger.info("%s in %s: %d written, %d already present", what, folder, written, len(indices) - written)
+    return folder, written
+
+
+def write_case_files(files: Mapping[str, Path], index: int, overwrite: bool,
+                     make: Callable[[], Mapping[str, nib.Nifti1Image]]) -> bool:
+    """Write the files of case ``index`` (``role -> path``) unless all exist; returns whether they were written.
+
+    ``make()`` renders the case and returns one NIfTI image per role; each file is written atomically.
+
+    Raises:
+        ValueError: some but not all files exist and not ``overwrite`` (names the missing ones).
+    """
+    present = {role: Path(path).exists() for role, path in files.items()}
+    if all(present.values()) and not overwrite:
+        logger.debug("case %d already present; skipped", index)
+        return False
+    if any(present.values()) and not overwrite:
+        there = ", ".join(Path(files[r]).name for r, p in present.items() if p)
+        missing = ", ".join(Path(files[r]).name for r, p in present.items() if not p)
+        raise ValueError(f"case {index} is incomplete: {there} exists without its pair(s) {missing}; remove it or "
+                         f"pass overwrite=True to regenerate case {index}")
+    images = make()
+    for role, path in files.items():
+        path = Path(path)
+        atomic_write(path.parent, path.name, lambda p, image=images[role]: nib.save(image, p))
+    return True
+
+
+def real_or_phantoms(dataset_dir: str | Path | None, synthetic_dir: str | Path,
+                     index: Callable[[str | Path], list[dict[str, Any]]],
+                     generate: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The datalist of the real folder ``dataset_dir`` (never written to), or of the phantoms in ``synthetic_dir``.
+
+    ``None``, ``""`` or ``"synthetic"`` select the phantoms: ``generate()`` writes those missing (idempotent) and
+    returns their entries; the datalist is ``index(synthetic_dir)`` restricted to them, so a real and a synthetic
+    folder give entries of the same form.
+    """
+    if dataset_dir is not None and str(dataset_dir).strip() not in ("", "synthetic"):
+        return index(dataset_dir)
+    wanted = {entry["case"] for entry in generate()}
+    return [entry for entry in index(synthetic_dir) if entry["case"] in wanted]

@@ -80,12 +80,20 @@ import nibabel as nib
 import numpy as np
 from scipy import sparse
 from scipy.special import erf
-from tqdm import tqdm
 
 from pipeline.io.datasets import SPECT_CASE_RE, index_spect
 from pipeline.io.files import nifti_image
 
-from .scaffold import DATASET_JSON, check_shape, phantom_parser, run_phantom_command, sync_dataset_json
+from .scaffold import (
+    DATASET_JSON,
+    case_indices,
+    check_shape,
+    phantom_parser,
+    real_or_phantoms,
+    run_phantom_command,
+    sync_dataset_json,
+    write_cases,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +101,9 @@ __all__ = [
     "SpectCase",
     "SpectProjector",
     "generate_spect_phantoms",
-    "index_spect",
     "make_spect_case",
     "osem",
+    "spect_datalist",
     "spect_spacing",
 ]
 
@@ -333,127 +341,170 @@ def spect_spacing(shape: Sequence[int]) -> float:
     return FOV_MM / max(int(shape[0]), int(shape[1]))
 
 
-def _render_phantom(rng: np.random.Generator, shape: tuple[int, int, int],
-                    spacing: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """Activity, mu (1/mm) and bone label of a stylised torso (see the module docstring)."""
-    nx, ny, nz = shape
-    ss = 2  # sub-voxel samples per axis
-    off = (np.arange(ss) + 0.5) / ss - 0.5
+_SUB = 2  # sub-voxel samples per axis of the phantom's fine grid
+
+
+@dataclass
+class _Torso:
+    """The fine (sub-voxel) grid of a stylised torso while it is painted: coordinates (mm), tissue, bone uptake."""
+
+    rng: np.random.Generator
+    x: np.ndarray
+    y: np.ndarray
+    z: np.ndarray
+    zmin: float
+    length: float
+    a: float
+    b: float
+    tissue: np.ndarray
+    mult: np.ndarray
+
+    @property
+    def zf(self) -> np.ndarray:
+        """Height along the body, 0 inferior .. 1 superior."""
+        return (self.z - self.zmin) / self.length
+
+    def paint(self, mask: np.ndarray, kind: str) -> None:
+        """Tissue ``kind`` where ``mask`` is inside the body."""
+        mask = np.broadcast_to(mask, self.tissue.shape) & (self.tissue > 0)
+        self.tissue[mask] = _TISSUE[kind]
+
+    def bone(self, mask: np.ndarray) -> None:
+        """Bone where ``mask`` is inside the body, with its own uptake multiplier."""
+        mask = np.broadcast_to(mask, self.tissue.shape) & (self.tissue > 0)
+        self.tissue[mask] = _TISSUE["bone"]
+        self.mult[mask] = float(self.rng.uniform(0.85, 1.15))
+
+    def ellipsoid(self, centre: Sequence[float], semi: Sequence[float]) -> np.ndarray:
+        return (((self.x - centre[0]) / semi[0]) ** 2 + ((self.y - centre[1]) / semi[1]) ** 2
+                + ((self.z - centre[2]) / semi[2]) ** 2 < 1.0)
+
+
+def _torso(rng: np.random.Generator, shape: tuple[int, int, int], spacing: float) -> _Torso:
+    """The body outline (an elliptic cylinder of soft tissue) on the fine grid."""
+    off = (np.arange(_SUB) + 0.5) / _SUB - 0.5
 
     def axis(n: int) -> np.ndarray:
         return (((np.arange(n) - (n - 1) / 2.0)[:, None] + off[None, :]) * spacing).ravel()
 
+    nx, ny, nz = shape
     x, y, z = axis(nx)[:, None, None], axis(ny)[None, :, None], axis(nz)[None, None, :]
-    zmin, length = -nz * spacing / 2.0, nz * spacing
-    zf = (z - zmin) / length  # 0 inferior .. 1 superior
     r_max = 0.47 * max(nx, ny) * spacing
     a = min(float(rng.uniform(115, 132)), r_max)
     b = min(a * float(rng.uniform(0.65, 0.78)), r_max)
     tissue = np.zeros((x.size, y.size, z.size), np.int8)
-    body = (x / a) ** 2 + (y / b) ** 2 < 1.0
-    tissue[np.broadcast_to(body, tissue.shape)] = _TISSUE["soft"]
+    tissue[np.broadcast_to((x / a) ** 2 + (y / b) ** 2 < 1.0, tissue.shape)] = _TISSUE["soft"]
+    return _Torso(rng, x, y, z, -nz * spacing / 2.0, nz * spacing, a, b, tissue, np.ones(tissue.shape, np.float32))
 
-    def paint(mask: np.ndarray, kind: str, within_body: bool = True) -> None:
-        mask = np.broadcast_to(mask, tissue.shape)
-        if within_body:
-            mask = mask & (tissue > 0)
-        tissue[mask] = _TISSUE[kind]
 
-    # lungs (thoracic zone, domed base)
+def _paint_organs(t: _Torso) -> float:
+    """Lungs (thoracic zone, domed base), kidneys (lumbar), bladder (pelvic); returns the vertebral body's y."""
+    rng, a, b = t.rng, t.a, t.b
     lung_base = 0.5 + float(rng.uniform(0.0, 0.06))
     lx, ly, la, lb = 0.45 * a, 0.08 * b, 0.33 * a, 0.62 * b
     for side in (-1.0, 1.0):
-        rho2 = ((x - side * lx) / la) ** 2 + ((y - ly) / lb) ** 2
-        paint((rho2 < 1.0) & (zf > lung_base + 0.08 * (1.0 - rho2)), "lung")
-    # kidneys (lumbar zone) and bladder (pelvic zone)
+        rho2 = ((t.x - side * lx) / la) ** 2 + ((t.y - ly) / lb) ** 2
+        t.paint((rho2 < 1.0) & (t.zf > lung_base + 0.08 * (1.0 - rho2)), "lung")
     y_sp = -b + float(rng.uniform(36, 46))  # vertebral body centre
     for side in (-1.0, 1.0):
-        c = (side * rng.uniform(50, 62), y_sp + rng.uniform(0, 12), zmin + rng.uniform(0.38, 0.46) * length)
-        s = (rng.uniform(18, 24), rng.uniform(15, 19), min(rng.uniform(38, 50), 0.12 * length + 10))
-        paint(((x - c[0]) / s[0]) ** 2 + ((y - c[1]) / s[1]) ** 2 + ((z - c[2]) / s[2]) ** 2 < 1.0, "kidney")
-    bc = (rng.uniform(-8, 8), b * rng.uniform(0.25, 0.4), zmin + rng.uniform(0.12, 0.2) * length)
+        c = (side * rng.uniform(50, 62), y_sp + rng.uniform(0, 12), t.zmin + rng.uniform(0.38, 0.46) * t.length)
+        s = (rng.uniform(18, 24), rng.uniform(15, 19), min(rng.uniform(38, 50), 0.12 * t.length + 10))
+        t.paint(t.ellipsoid(c, s), "kidney")
+    bc = (rng.uniform(-8, 8), b * rng.uniform(0.25, 0.4), t.zmin + rng.uniform(0.12, 0.2) * t.length)
     bs = (rng.uniform(30, 45), rng.uniform(22, 32), rng.uniform(22, 32))
-    paint(((x - bc[0]) / bs[0]) ** 2 + ((y - bc[1]) / bs[1]) ** 2 + ((z - bc[2]) / bs[2]) ** 2 < 1.0, "bladder")
+    t.paint(t.ellipsoid(bc, bs), "bladder")
+    return y_sp
 
-    # skeleton: each bone paints tissue "bone" and its own activity multiplier
-    mult = np.ones(tissue.shape, np.float32)
 
-    def bone(mask: np.ndarray) -> None:
-        mask = np.broadcast_to(mask, tissue.shape) & (tissue > 0)
-        tissue[mask] = _TISSUE["bone"]
-        mult[mask] = float(rng.uniform(0.85, 1.15))
-
+def _paint_spine_and_pelvis(t: _Torso, y_sp: float) -> float:
+    """Vertebrae with spinous processes, sacrum, iliac wings, femoral heads, pubis; returns the vertebra half-width."""
+    rng, a, b, x, y, zf = t.rng, t.a, t.b, t.x, t.y, t.zf
     va, vb = float(rng.uniform(16, 21)), float(rng.uniform(12, 16))
     period, disc = float(rng.uniform(26, 32)), float(rng.uniform(5, 8))
     phase = float(rng.uniform(0, period))
-    in_vertebra = ((z - zmin - phase) % period) > disc
+    in_vertebra = ((t.z - t.zmin - phase) % period) > disc
     pelvic_top = 0.35
     spine_zone = zf > pelvic_top - 0.1
-    bone(((x / va) ** 2 + ((y - y_sp) / vb) ** 2 < 1.0) & in_vertebra & spine_zone)
-    bone((np.abs(x) < 4.5) & (y < y_sp - vb + 2) & (y > y_sp - vb - 22) & in_vertebra & spine_zone)  # spinous
-    # sacrum and iliac wings, femoral heads, pubic symphysis
-    bone((((x / rng.uniform(35, 45)) ** 2 + ((y - y_sp + 6) / rng.uniform(9, 13)) ** 2) < 1.0) & (zf < pelvic_top)
-         & (zf > 0.12))
+    t.bone(((x / va) ** 2 + ((y - y_sp) / vb) ** 2 < 1.0) & in_vertebra & spine_zone)
+    t.bone((np.abs(x) < 4.5) & (y < y_sp - vb + 2) & (y > y_sp - vb - 22) & in_vertebra & spine_zone)  # spinous
+    t.bone((((x / rng.uniform(35, 45)) ** 2 + ((y - y_sp + 6) / rng.uniform(9, 13)) ** 2) < 1.0)
+           & (zf < pelvic_top) & (zf > 0.12))
     wing_r, wing_t = float(rng.uniform(45, 58)), float(rng.uniform(7, 10))
     for side in (-1.0, 1.0):
         cx, cy = side * float(rng.uniform(0.22, 0.3)) * a, y_sp + float(rng.uniform(20, 30))
         radius = wing_r * (0.6 + 0.4 * np.clip(zf / pelvic_top, 0, 1))
         dist = np.sqrt((x - cx) ** 2 + (y - cy) ** 2)
-        bone((np.abs(dist - radius) < wing_t / 2) & (side * (x - cx) > -5) & (y < cy + 0.5 * radius)
-             & (zf < pelvic_top) & (zf > 0.05))
-        fc = (side * rng.uniform(0.5, 0.6) * a, y_sp + rng.uniform(45, 60), zmin + rng.uniform(5, 15))
-        bone((x - fc[0]) ** 2 + (y - fc[1]) ** 2 + (z - fc[2]) ** 2 < rng.uniform(18, 23) ** 2)
-    pc = (0.0, b - rng.uniform(18, 26), zmin + rng.uniform(5, 15))
-    bone(((x - pc[0]) / 14) ** 2 + ((y - pc[1]) / 8) ** 2 + ((z - pc[2]) / 16) ** 2 < 1.0)
-    # ribs (thoracic zone): tubes along an ellipse inside the body wall, descending anteriorly
-    rib_top, rib_bottom = zmin + length - float(rng.uniform(5, 15)), zmin + 0.48 * length
+        t.bone((np.abs(dist - radius) < wing_t / 2) & (side * (x - cx) > -5) & (y < cy + 0.5 * radius)
+               & (zf < pelvic_top) & (zf > 0.05))
+        fc = (side * rng.uniform(0.5, 0.6) * a, y_sp + rng.uniform(45, 60), t.zmin + rng.uniform(5, 15))
+        t.bone((x - fc[0]) ** 2 + (y - fc[1]) ** 2 + (t.z - fc[2]) ** 2 < rng.uniform(18, 23) ** 2)
+    pc = (0.0, b - rng.uniform(18, 26), t.zmin + rng.uniform(5, 15))
+    t.bone(t.ellipsoid(pc, (14, 8, 16)))
+    return va
+
+
+def _paint_ribs_and_sternum(t: _Torso, va: float) -> None:
+    """Ribs: tubes along an ellipse inside the body wall, descending anteriorly (thoracic zone); the sternum."""
+    rng, a, b, x, y = t.rng, t.a, t.b, t.x, t.y
+    rib_top, rib_bottom = t.zmin + t.length - float(rng.uniform(5, 15)), t.zmin + 0.48 * t.length
     rib_gap, rib_r = float(rng.uniform(21, 27)), float(rng.uniform(5, 6.5))
     inset = float(rng.uniform(12, 18))
     ra, rb = a - inset, b - inset
     rho = np.sqrt((x / ra) ** 2 + (y / rb) ** 2) + 1e-9
     radial = (rho - 1.0) * np.sqrt(x ** 2 + y ** 2) / rho  # distance to the rib ellipse along the ray from the axis
     psi = np.arctan2(y / rb, x / ra)  # -pi/2 posterior, +pi/2 anterior
-    drop = float(rng.uniform(20, 40))
-    descent = drop * (1.0 + np.sin(psi)) / 2.0
+    descent = float(rng.uniform(20, 40)) * (1.0 + np.sin(psi)) / 2.0
     ribbed = (np.abs(psi - np.pi / 2) > np.radians(30)) & (np.abs(x) > va + 4)
     for z_rib in np.arange(rib_top, rib_bottom, -rib_gap):
-        dz = z - (z_rib - descent)
-        bone((radial ** 2 + dz ** 2 < rib_r ** 2) & ribbed & (z_rib - descent > rib_bottom - 2 * rib_gap))
-    # sternum
+        dz = t.z - (z_rib - descent)
+        t.bone((radial ** 2 + dz ** 2 < rib_r ** 2) & ribbed & (z_rib - descent > rib_bottom - 2 * rib_gap))
     st_half = float(rng.uniform(11, 15))
-    bone((np.abs(x) < st_half) & (y > b - inset - 10) & (y < b - inset + 2) & (zf > 0.58) & (zf < 0.97))
+    t.bone((np.abs(x) < st_half) & (y > b - inset - 10) & (y < b - inset + 2) & (t.zf > 0.58) & (t.zf < 0.97))
 
-    # hot lesions centred on bone sub-voxel points
-    ratio = float(rng.uniform(5.0, 10.0))
+
+def _paint_lesions(t: _Torso) -> list[dict[str, Any]]:
+    """1-4 hot lesions centred on bone sub-voxel points (uptake times 2-4); returns their description."""
+    rng, tissue = t.rng, t.tissue
     n_lesions = int(rng.integers(1, 5))
     bone_points = np.flatnonzero(tissue == _TISSUE["bone"])
     lesions = []
     for _ in range(n_lesions if bone_points.size else 0):
         i, j, k = np.unravel_index(bone_points[int(rng.integers(bone_points.size))], tissue.shape)
+        centre = [float(t.x.ravel()[i]), float(t.y.ravel()[j]), float(t.z.ravel()[k])]
         radius, factor = float(rng.uniform(5, 10)), float(rng.uniform(2, 4))
-        inside = (x - x.ravel()[i]) ** 2 + (y - y.ravel()[j]) ** 2 + (z - z.ravel()[k]) ** 2 < radius ** 2
-        mult[inside & (tissue == _TISSUE["bone"])] *= factor
-        lesions.append({"centre_mm": [float(x.ravel()[i]), float(y.ravel()[j]), float(z.ravel()[k])],
-                        "radius_mm": radius, "factor": factor})
+        inside = (t.x - centre[0]) ** 2 + (t.y - centre[1]) ** 2 + (t.z - centre[2]) ** 2 < radius ** 2
+        t.mult[inside & (tissue == _TISSUE["bone"])] *= factor
+        lesions.append({"centre_mm": centre, "radius_mm": radius, "factor": factor})
+    return lesions
 
+
+def _render_phantom(rng: np.random.Generator, shape: tuple[int, int, int],
+                    spacing: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Activity, mu (1/mm) and bone label of a stylised torso (see the module docstring)."""
+    t = _torso(rng, shape, spacing)
+    y_sp = _paint_organs(t)
+    va = _paint_spine_and_pelvis(t, y_sp)
+    _paint_ribs_and_sternum(t, va)
+    ratio = float(rng.uniform(5.0, 10.0))
+    lesions = _paint_lesions(t)
     act_lut = np.zeros(len(_TISSUE), np.float32)
     act_lut[_TISSUE["soft"]] = 1.0
     act_lut[_TISSUE["lung"]] = float(rng.uniform(0.2, 0.35))
     act_lut[_TISSUE["kidney"]] = float(rng.uniform(2.0, 4.0))
     act_lut[_TISSUE["bladder"]] = ratio * float(rng.uniform(1.0, 3.0))
     act_lut[_TISSUE["bone"]] = ratio
-    mu_lut = np.array([MU_PER_MM["air"], MU_PER_MM["soft"], MU_PER_MM["lung"], MU_PER_MM["soft"],
-                       MU_PER_MM["soft"], MU_PER_MM["bone"]], np.float32)
-    fine_act = act_lut[tissue] * np.where(tissue == _TISSUE["bone"], mult, 1.0)
+    mu_lut = np.array([MU_PER_MM[k] for k in ("air", "soft", "lung", "soft", "soft", "bone")], np.float32)
+    is_bone = t.tissue == _TISSUE["bone"]
+    nx, ny, nz = shape
 
     def coarse(v: np.ndarray) -> np.ndarray:
-        return v.reshape(nx, ss, ny, ss, nz, ss).mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
+        return v.reshape(nx, _SUB, ny, _SUB, nz, _SUB).mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
 
-    activity, mu = coarse(fine_act), coarse(mu_lut[tissue])
-    label = (coarse((tissue == _TISSUE["bone"]).astype(np.float32)) >= 0.5).astype(np.uint8)
-    params = {"body_semi_axes_mm": [a, b], "bone_to_soft_tissue": ratio,
+    activity = coarse(act_lut[t.tissue] * np.where(is_bone, t.mult, 1.0))
+    label = (coarse(is_bone.astype(np.float32)) >= 0.5).astype(np.uint8)
+    params = {"body_semi_axes_mm": [t.a, t.b], "bone_to_soft_tissue": ratio,
               "bladder_activity": float(act_lut[_TISSUE["bladder"]]), "lesions": lesions}
-    return activity, mu, label, params
+    return activity, coarse(mu_lut[t.tissue]), label, params
 
 
 def _affine(shape: tuple[int, int, int], spacing: float) -> np.ndarray:
@@ -584,21 +635,14 @@ def _sync_dataset_json(folder: Path, settings: dict[str, Any], cases: Sequence[i
 
 def _generate(out_dir: str | Path, num_cases: int, settings: dict[str, Any], start_index: int, overwrite: bool,
               progress: bool, image_iterations: int | None) -> tuple[list[dict[str, str]], int]:
-    if int(num_cases) != num_cases or num_cases < 1 or int(start_index) != start_index or start_index < 0:
-        raise ValueError(f"num_cases must be >= 1 and start_index >= 0, got {num_cases!r} and {start_index!r}")
+    indices = case_indices(num_cases, start_index)
     image_iterations = settings["iterations"][-1] if image_iterations is None else int(image_iterations)
     if image_iterations not in settings["iterations"]:
         raise ValueError(f"image_iterations={image_iterations} is not one of iterations={settings['iterations']}")
     if not 1 <= settings["subsets"] <= settings["angles"] or not settings["counts"] > 0:
         raise ValueError(f"need 1 <= subsets <= angles and counts > 0, got {settings}")
-    folder = Path(out_dir).expanduser().absolute()
-    folder.mkdir(parents=True, exist_ok=True)
-    indices = list(range(int(start_index), int(start_index) + int(num_cases)))
-    _sync_dataset_json(folder, settings, indices)
-    written = 0
-    for index in tqdm(indices, desc="bone SPECT cases", unit="case", disable=not progress):
-        written += _write_case(folder, index, settings, overwrite)
-    logger.info("bone SPECT cases in %s: %d written, %d already present", folder, written, len(indices) - written)
+    folder, written = write_cases(out_dir, indices, lambda f, c: _sync_dataset_json(f, settings, c),
+                                  lambda f, i: _write_case(f, i, settings, overwrite), "bone SPECT cases", progress)
     return [_case_entry(folder, i, settings["iterations"], image_iterations) for i in indices], written
 
 
@@ -638,6 +682,22 @@ def generate_spect_phantoms(out_dir: str | Path, num_cases: int = 8, shape: Sequ
     """
     settings = _settings(shape, seed, iterations, subsets, counts, angles, fwhm0, fwhm_slope)
     return _generate(out_dir, num_cases, settings, start_index, overwrite, progress, image_iterations)[0]
+
+
+def spect_datalist(dataset_dir: str | Path | None, synthetic_dir: str | Path, num_cases: int = 12,
+                   shape: Sequence[int] = (64, 64, 48), seed: int = 0, iterations: int = 5) -> list[dict[str, str]]:
+    """Datalist of a real bone SPECT folder ``dataset_dir`` or of synthetic phantoms (generated if missing).
+
+    Args:
+        dataset_dir: folder in the layout ``case-N/recon_osemK.nii[.gz]`` + ``case-N/bone.nii[.gz]`` (never
+            written to); None, ``""`` or ``"synthetic"`` selects the phantoms.
+        synthetic_dir: phantom folder, generated there if missing (idempotent).
+        num_cases, shape, seed: phantom settings (``seed`` is the data seed, separate from the training seed).
+        iterations: OS-EM iterations of the reconstruction used as ``"image"`` (2 or 5 for the phantoms).
+    """
+    return real_or_phantoms(
+        dataset_dir, synthetic_dir, lambda folder: index_spect(folder, iterations=int(iterations)),
+        lambda: generate_spect_phantoms(synthetic_dir, int(num_cases), tuple(shape), int(seed), progress=False))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -39,14 +39,14 @@ import numpy as np
 
 from pipeline.experiments.bundle_runs import override_dict as _override_dict
 from pipeline.experiments.bundle_runs import run_bundle as _run_bundle
+from pipeline.paths import REPO_ROOT
 from pipeline.training.tracking import MLflowTracker, make_run_name
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundles" / "brats" / "configs"
-EVAL_ROOT = REPO / "bundles" / "brats" / "eval"
-MODELS_ROOT = REPO / "bundles" / "brats" / "models"
+CONFIGS = REPO_ROOT / "bundles" / "brats" / "configs"
+EVAL_ROOT = REPO_ROOT / "bundles" / "brats" / "eval"
+MODELS_ROOT = REPO_ROOT / "bundles" / "brats" / "models"
 EXPERIMENT = "varseg-brats"
 DEFAULT_BETAS = (0.0, 1e-7, 1e-6, 1e-5)
 METRICS = ("dice", "precision", "recall", "jaccard")

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.paths import REPO_ROOT
+
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 
 __all__ = ["config_spec", "override_dict", "run_bundle"]
 
@@ -36,7 +37,7 @@ def run_bundle(files: Sequence[str | Path], overrides: Sequence[str]) -> float:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_spec(files), *overrides]
     logger.info("running %s", " ".join(cmd))
     start = time.time()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace")
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, encoding="utf-8", errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return time.time() - start

@@ -41,11 +41,11 @@ import torch
 from pipeline.evaluation.metrics import mask_scores
 from pipeline.experiments.bundle_runs import override_dict as _override_dict
 from pipeline.io.files import atomic_write, load_weights, nifti_image
+from pipeline.paths import REPO_ROOT
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundles" / "lits" / "configs"
+CONFIGS = REPO_ROOT / "bundles" / "lits" / "configs"
 CASCADE = CONFIGS / "cascade"
 EXPERIMENT = "varseg-lits-cascade"
 

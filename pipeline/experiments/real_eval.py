@@ -18,7 +18,7 @@ that fit a bundle are used, and only the comparisons their labels allow:
   bases only). On each of up to 3 axial slices (RAS) with the largest left-lung region, clicks are simulated inside
   that region with the bundle's slicer settings (seeded as :meth:`pipeline.selective.samples.SelectiveSlices.from_volume`
   seeds them), then the trained VM-Net (``--method``, default m4) and the per-image TV baseline (the bundle's TV
-  settings, ``mu`` = the middle of ``tv_mu_grid``) segment it; Dice and Jaccard against the region, per slice.
+  settings, ``mu`` = ``tv_real_mu`` of ``methods/tv.json``, the middle of ``tv_mu_grid``) segment it; Dice and Jaccard against the region, per slice.
 * **brats**: the four BraTS 2015 cases of ``c_brain_mr/deepmedic_brats2015/`` (FLAIR and T1c only, already z-scored
   inside the brain, 1 mm, with the brain mask and the manual labels ``OTMultiClass`` 0-4). The model trained on
   FLAIR + T1c phantoms (``methods/flair_t1ce.json``) segments each case with the settings of
@@ -377,7 +377,11 @@ _LUNG_COLUMNS = ["case", "slice", "status", "reason", "object_pixels", "left_lun
 
 
 def _tv_settings(overrides: Mapping[str, Any]) -> dict[str, float]:
-    """``lam``, ``theta``, ``mu`` (middle of ``tv_mu_grid``, else 1.0) and ``max_iter`` of the lung bundle's TV."""
+    """``lam``, ``theta``, ``mu`` (``tv_real_mu``) and ``max_iter`` of the lung bundle's TV (``methods/tv.json``).
+
+    No validation slices with labels exist on a real scan, so ``mu`` is not chosen there: the config's
+    ``tv_real_mu`` (the middle of ``tv_mu_grid`` by default) is used, and an override (``--tv_real_mu 2``) changes it.
+    """
     from monai.bundle import ConfigParser
 
     from pipeline.paths import bundle_root
@@ -387,11 +391,8 @@ def _tv_settings(overrides: Mapping[str, Any]) -> dict[str, float]:
     parser.read_config([str(configs / "train.json"), str(configs / "methods" / "tv.json")])
     for key, value in overrides.items():
         parser[key] = value
-    grid = sorted(float(v) for v in (parser.get_parsed_content("tv_mu_grid") if "tv_mu_grid" in parser else []))
-    mu = grid[len(grid) // 2] if grid else 1.0
-    max_iter = int(parser.get_parsed_content("tv_max_iter")) if "tv_max_iter" in parser else 300
-    return {"lam": float(parser.get_parsed_content("lam")), "theta": float(parser.get_parsed_content("theta")),
-            "mu": mu, "max_iter": max_iter}
+    return {key: float(parser.get_parsed_content(name)) for key, name in
+            (("lam", "lam"), ("theta", "theta"), ("mu", "tv_real_mu"), ("max_iter", "tv_max_iter"))}
 
 
 def _lung_slices(target: np.ndarray, count: int) -> list[tuple[int, np.ndarray, int]]:
@@ -407,12 +408,12 @@ def _lung_slices(target: np.ndarray, count: int) -> list[tuple[int, np.ndarray, 
 
 
 def _evaluate_lung(config: Any, root: Path, overrides: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    from pipeline.selective import baselines
-    from pipeline.inference.predictors import load_weights
     from pipeline.evaluation.metrics import dice_jaccard
+    from pipeline.io.files import load_weights
+    from pipeline.io.volumes import CaseError, read_volume
+    from pipeline.selective import baselines
     from pipeline.selective.evaluation import predict_mask
     from pipeline.selective.samples import loader_samples
-    from pipeline.io.volumes import CaseError, read_volume
 
     image_path, label_path = root / LUNG_CASE[0], root / LUNG_CASE[1]
     stem = Path(LUNG_CASE[0]).name.split(".")[0]
@@ -448,7 +449,7 @@ def _evaluate_lung(config: Any, root: Path, overrides: Mapping[str, Any]) -> tup
             vm = predict_mask(network, loader_samples([sample], guidance)[0], divisible, device)
             result = baselines.tv_segment(np.asarray(sample["fitting"][0], dtype=np.float64),
                                           np.asarray(sample["geodesic"][0], dtype=np.float64), lam=tv["lam"],
-                                          theta=tv["theta"], mu=tv["mu"], max_iter=tv["max_iter"])
+                                          theta=tv["theta"], mu=tv["mu"], max_iter=int(tv["max_iter"]))
             vm_dice, vm_jaccard = dice_jaccard(vm, region)
             tv_dice, tv_jaccard = dice_jaccard(result.mask, region)
             row.update(status="done", reason="", clicks=len(json.loads(sample["points"])), vm_dice=vm_dice,
@@ -521,8 +522,8 @@ def _evaluate_brats(config: Any, root: Path, out_dir: Path) -> tuple[list[dict[s
     import torch
     import torch.nn.functional as F
 
+    from pipeline.io.files import load_weights
     from pipeline.io.layouts import index_brats
-    from pipeline.inference.predictors import load_weights
     from pipeline.io.volumes import CaseError, read_volume, write_mask
     from transforms import NormalizeModalities
 
@@ -670,6 +671,77 @@ def _track(result: RealEvalResult, experiment: str, params: Mapping[str, Any], t
             pass
 
 
+def _settings(bundle: str, method: str | None, overrides: Mapping[str, Any]) -> tuple[Any, Path, Path, str]:
+    """The merged config, the checkpoint, the bundle folder and the MLflow experiment; raises ``RealEvalError``."""
+    try:
+        config = _load_config(bundle, method, overrides)
+        ckpt_path = Path(str(config.get_parsed_content("ckpt_path")))
+        bundle_dir = Path(str(config.get_parsed_content("bundle_root")))
+        experiment = str(config.get_parsed_content("experiment_name")) if "experiment_name" in config \
+            else f"varseg-{bundle}"
+    except RealEvalError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a bad override or config value
+        raise RealEvalError(f"bundle {bundle}: bad configuration ({type(err).__name__}: {one_line(err)[:300]})") \
+            from None
+    if not ckpt_path.is_file():
+        raise RealEvalError(f"bundle {bundle} has no trained checkpoint {ckpt_path}: train first: "
+                            f"{_train_command(bundle, method)}")
+    return config, ckpt_path, bundle_dir, experiment
+
+
+def _check_cases(bundle: str, root: Path) -> None:
+    expected = {"lits": [p for pair in LITS_CASES for p in pair], "lung": list(LUNG_CASE), "spect": [SPECT_CASE],
+                "brats": [BRATS_FOLDER]}
+    if not any((root / rel).exists() for rel in expected[bundle]):
+        raise RealEvalError(f"no real case for bundle {bundle} in {root} (expected {', '.join(expected[bundle])})")
+
+
+def _brats_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    metrics = {}
+    for grid in sorted({r["grid_mm"] for r in rows if "grid_mm" in r}):
+        grid_rows = [r for r in rows if r.get("grid_mm") == grid]
+        for key in ("dice", "jaccard", "precision", "recall"):
+            metrics[f"{key}_mean.grid{grid:g}mm"] = _mean(grid_rows, key)
+    return metrics
+
+
+def _run(bundle: str, config: Any, root: Path, out: Path, method: str | None,
+         overrides: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str], str, dict[str, float | None]]:
+    """Rows, CSV columns, Markdown table and summary metrics of the bundle's evaluation."""
+    if bundle == "lits":
+        rows, columns = _evaluate_lits(config, root, out)
+        return rows, columns, _lits_table(rows), {
+            "liver_dice_mean": _mean(rows, "liver_dice"), "liver_jaccard_mean": _mean(rows, "liver_jaccard"),
+            "lesion_ml_predicted_mean": _mean(rows, "lesion_ml_predicted")}
+    if bundle == "lung":
+        rows, columns = _evaluate_lung(config, root, overrides)
+        return rows, columns, _lung_table(rows, str(method)), {
+            "vm_dice_mean": _mean(rows, "vm_dice"), "vm_jaccard_mean": _mean(rows, "vm_jaccard"),
+            "tv_dice_mean": _mean(rows, "tv_dice"), "tv_jaccard_mean": _mean(rows, "tv_jaccard")}
+    if bundle == "brats":
+        rows, columns = _evaluate_brats(config, root, out)
+        return rows, columns, _brats_table(rows), _brats_metrics(rows)
+    rows, columns = _evaluate_spect(config, root)
+    return rows, columns, _spect_table(rows), {"bone_ml_predicted_mean": _mean(rows, "bone_ml_predicted")}
+
+
+def _summary(bundle: str, method: str | None, ckpt_path: Path, root: Path, rows: Sequence[Mapping[str, Any]],
+             metrics: Mapping[str, float | None]) -> dict[str, Any]:
+    return {
+        "bundle": bundle,
+        "method": method,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "checkpoint": ckpt_path.name,
+        "checkpoint_sha256": sha256_prefix(ckpt_path),
+        "real_data": root.name,
+        "cases": list(dict.fromkeys(str(r["case"]) for r in rows)),
+        "statuses": {r["case"] + (f"/slice{r['slice']}" if "slice" in r else "")
+                     + (f"/grid{r['grid_mm']:g}mm" if "grid_mm" in r else ""): r["status"] for r in rows},
+        "metrics": {k: v for k, v in metrics.items() if v is not None},
+    }
+
+
 def evaluate(bundle: str, real_data: str | Path | None = None, out_dir: str | Path | None = None,
              method: str | None = None, overrides: Mapping[str, Any] | None = None,
              mlflow: bool = True) -> RealEvalResult:
@@ -693,73 +765,24 @@ def evaluate(bundle: str, real_data: str | Path | None = None, out_dir: str | Pa
     """
     overrides = dict(overrides or {})
     root, method = _check_start(bundle, real_data, method)
-    try:
-        config = _load_config(bundle, method, overrides)
-        ckpt_path = Path(str(config.get_parsed_content("ckpt_path")))
-        bundle_dir = Path(str(config.get_parsed_content("bundle_root")))
-        experiment = str(config.get_parsed_content("experiment_name")) if "experiment_name" in config \
-            else f"varseg-{bundle}"
-    except RealEvalError:
-        raise
-    except Exception as err:  # noqa: BLE001 - a bad override or config value
-        raise RealEvalError(f"bundle {bundle}: bad configuration ({type(err).__name__}: {one_line(err)[:300]})") \
-            from None
-    if not ckpt_path.is_file():
-        raise RealEvalError(f"bundle {bundle} has no trained checkpoint {ckpt_path}: train first: "
-                            f"{_train_command(bundle, method)}")
-    expected = {"lits": [p for pair in LITS_CASES for p in pair], "lung": list(LUNG_CASE), "spect": [SPECT_CASE],
-                "brats": [BRATS_FOLDER]}
-    if not any((root / rel).exists() for rel in expected[bundle]):
-        raise RealEvalError(f"no real case for bundle {bundle} in {root} (expected {', '.join(expected[bundle])})")
+    config, ckpt_path, bundle_dir, experiment = _settings(bundle, method, overrides)
+    _check_cases(bundle, root)
     if "num_threads" in overrides:
         import torch
 
         torch.set_num_threads(max(1, int(overrides["num_threads"])))
     out = Path(out_dir).expanduser() if out_dir else bundle_dir / "eval" / "real"
     try:
-        if bundle == "lits":
-            rows, columns = _evaluate_lits(config, root, out)
-            table = _lits_table(rows)
-            metrics = {"liver_dice_mean": _mean(rows, "liver_dice"), "liver_jaccard_mean": _mean(rows, "liver_jaccard"),
-                       "lesion_ml_predicted_mean": _mean(rows, "lesion_ml_predicted")}
-        elif bundle == "lung":
-            rows, columns = _evaluate_lung(config, root, overrides)
-            table = _lung_table(rows, str(method))
-            metrics = {"vm_dice_mean": _mean(rows, "vm_dice"), "vm_jaccard_mean": _mean(rows, "vm_jaccard"),
-                       "tv_dice_mean": _mean(rows, "tv_dice"), "tv_jaccard_mean": _mean(rows, "tv_jaccard")}
-        elif bundle == "brats":
-            rows, columns = _evaluate_brats(config, root, out)
-            table = _brats_table(rows)
-            metrics = {}
-            for grid in sorted({r["grid_mm"] for r in rows if "grid_mm" in r}):
-                grid_rows = [r for r in rows if r.get("grid_mm") == grid]
-                for key in ("dice", "jaccard", "precision", "recall"):
-                    metrics[f"{key}_mean.grid{grid:g}mm"] = _mean(grid_rows, key)
-        else:
-            rows, columns = _evaluate_spect(config, root)
-            table = _spect_table(rows)
-            metrics = {"bone_ml_predicted_mean": _mean(rows, "bone_ml_predicted")}
+        rows, columns, table, metrics = _run(bundle, config, root, out, method, overrides)
     except (OSError, RuntimeError, KeyError) as err:
         raise RealEvalError(f"bundle {bundle}: cannot run the evaluation ({type(err).__name__}: "
                             f"{one_line(err)[:300]})") from None
-    cases = list(dict.fromkeys(str(r["case"]) for r in rows))
-    summary = {
-        "bundle": bundle,
-        "method": method,
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "checkpoint": ckpt_path.name,
-        "checkpoint_sha256": sha256_prefix(ckpt_path),
-        "real_data": root.name,
-        "cases": cases,
-        "statuses": {r["case"] + (f"/slice{r['slice']}" if "slice" in r else "")
-                     + (f"/grid{r['grid_mm']:g}mm" if "grid_mm" in r else ""): r["status"] for r in rows},
-        "metrics": {k: v for k, v in metrics.items() if v is not None},
-    }
+    summary = _summary(bundle, method, ckpt_path, root, rows, metrics)
     result = RealEvalResult(bundle, rows, summary, table, out, columns)
     _write_outputs(result)
     if mlflow:
         params = {"checkpoint": summary["checkpoint"], "checkpoint_sha256": summary["checkpoint_sha256"],
-                  "real_data": root.name, "cases": cases, "method": method or ""}
+                  "real_data": root.name, "cases": summary["cases"], "method": method or ""}
         _track(result, experiment, params, {"method": method} if method else {})
         (out / "summary.json").write_text(json.dumps(result.summary, indent=2) + "\n")
     return result

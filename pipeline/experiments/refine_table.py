@@ -33,11 +33,11 @@ import numpy as np
 
 from pipeline.experiments.bundle_runs import override_dict as _override_dict
 from pipeline.experiments.bundle_runs import run_bundle as _run_bundle
+from pipeline.paths import REPO_ROOT
 from pipeline.training.tracking import MLflowTracker, make_run_name
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 BUNDLES = ("lits", "spect", "brats", "lung")
 TARGETS = {"lits": "lesion class", "spect": "bone", "brats": "complete tumour",
            "lung": "left lung, one clicked slice per case"}
@@ -58,7 +58,7 @@ PAPER_TABLE_II = {
 
 def config_files(bundle: str, refine: bool) -> list[str]:
     """Config files of the bundle's base training (``refine=False``) or of its refinement stage."""
-    configs = REPO / "bundles" / bundle / "configs"
+    configs = REPO_ROOT / "bundles" / bundle / "configs"
     files = [configs / "train.json"] + ([configs / "refine.json"] if refine else [])
     for f in files:
         if not f.is_file():

@@ -30,18 +30,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from pipeline.experiments.bundle_runs import override_dict as _override_dict
 from pipeline.experiments.bundle_runs import run_bundle as _run_bundle
+from pipeline.paths import REPO_ROOT
 from pipeline.selective.samples import METHODS, TRAINED_METHODS
 from pipeline.training.tracking import MLflowTracker, make_run_name
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-LUNG_CONFIGS = REPO / "bundles" / "lung" / "configs"
-LITS_SELECTIVE = REPO / "bundles" / "lits" / "configs" / "selective.json"
+LUNG_CONFIGS = REPO_ROOT / "bundles" / "lung" / "configs"
+LITS_SELECTIVE = REPO_ROOT / "bundles" / "lits" / "configs" / "selective.json"
 
 # Burrows, Chen, Torella (2021), Table 1 (lung, 16 test images) and Table 2 (LiTS lesions, 27 test images):
 # (Dice mean, Dice std, Jaccard mean, Jaccard std)
@@ -85,13 +84,13 @@ def _parser(files: Sequence[str], overrides: Sequence[str]) -> Any:
 def validation_dice(files: Sequence[str], overrides: Sequence[str], ckpt_path: str | Path) -> float:
     """Mean Dice of the VM-Net checkpoint ``ckpt_path`` on the validation images of the merged config."""
     from pipeline.evaluation.metrics import dice_jaccard
+    from pipeline.io.files import load_weights
     from pipeline.selective.evaluation import predict_mask
     from pipeline.selective.samples import loader_samples
 
     parser = _parser(files, overrides)
     network = parser.get_parsed_content("network_def")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    load_weights(network, ckpt_path)
     samples = loader_samples(parser.get_parsed_content("slicer")(parser.get_parsed_content("split")["val"]),
                              parser.get_parsed_content("guidance"))
     divisible = int(parser.get_parsed_content("divisible"))
@@ -140,7 +139,7 @@ def _read_test(path: Path) -> dict[str, list[float]]:
 
 
 def _bundle_root(dataset: str) -> Path:
-    return REPO / "bundles" / ("lung" if dataset == "lung" else "lits")
+    return REPO_ROOT / "bundles" / ("lung" if dataset == "lung" else "lits")
 
 
 def eval_root(dataset: str) -> Path:

@@ -23,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.paths import bundle_root
+from pipeline.paths import REPO_ROOT, bundle_root
 from pipeline.training.tracking import MLflowTracker, make_run_name
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundles" / "spect" / "configs"
+CONFIGS = REPO_ROOT / "bundles" / "spect" / "configs"
 PAPER = {"mode1": 0.593, "mode2": 0.661, "mode3": 0.732, "mode4": 0.856}
 DESCRIPTION = {"otsu": "Otsu threshold per slice (no training)", "mode1": "ACWE only, no labels",
                "mode2": "Mode 1 + fine-tune on 10 labelled slices", "mode3": "Mode 1 + fine-tune on 80 labelled slices",
@@ -48,7 +47,7 @@ def _configs(mode: int, evaluate: bool) -> str:
 def _run_bundle(mode: int, evaluate: bool, overrides: Sequence[str]) -> float:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", _configs(mode, evaluate), *overrides]
     start = time.time()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace")
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, encoding="utf-8", errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return time.time() - start

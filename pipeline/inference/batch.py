@@ -309,7 +309,8 @@ class _SafeTracker:
 
 def make_tracker(bundle: str, *, experiment_name: str | None = None, params: Mapping[str, Any] | None = None,
                  tags: Mapping[str, Any] | None = None) -> Any:
-    """An :class:`pipeline.training.tracking.MLflowTracker` for one batch run (no merged config: it may hold DICOM paths)."""
+    """A :class:`pipeline.training.tracking.MLflowTracker` for one batch run (no merged config: it may hold DICOM
+    paths)."""
     from pipeline.training.tracking import MLflowTracker, make_run_name
 
     return MLflowTracker(experiment_name=experiment_name or f"varseg-{bundle}", run_name=make_run_name(bundle, "infer"),
@@ -402,6 +403,68 @@ def _existing_mask_cells(path: Path, labels: list[int] | None, names: Mapping[in
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _mask_names(cases: Sequence[str], postfix: str) -> None:
+    """Refuse two inputs that would write the same mask."""
+    targets: dict[str, int] = {}
+    for i, case in enumerate(cases):
+        name = mask_name(case, postfix)
+        if name in targets:
+            raise BatchError(f"inputs {targets[name] + 1} and {i + 1} (case {case}) would both write {name}: "
+                             "rename one input or segment them in separate batches")
+        targets[name] = i
+
+
+def _markers_path(markers: str | Path | None, num_entries: int, predict: Any) -> Path | None:
+    """The markers file or folder, checked against the number of inputs and whether the predictor needs clicks."""
+    path = Path(markers).expanduser() if markers not in (None, "") else None
+    if path is None:
+        if getattr(predict, "needs_markers", False):
+            raise BatchError("no markers given: pass --markers <CSV / .mrk.json file, or a folder of them>")
+        return None
+    if not path.exists():
+        raise BatchError(f"markers {path} do not exist: pass --markers <file or folder>")
+    if path.is_file() and num_entries > 1:
+        raise BatchError(f"{num_entries} inputs but one markers file {path}: pass a folder with one "
+                         "<case>.csv or <case>.mrk.json per input")
+    return path
+
+
+def _prepare_output(out: Path, csv_name: str) -> dict[str, dict[str, str]]:
+    """Create the output folder, remove what an interrupted run left, and return the rows of earlier runs."""
+    from pipeline.io.volumes import clean_stale_temporaries
+
+    out.mkdir(parents=True, exist_ok=True)
+    stale = list(clean_stale_temporaries(out) or []) + _clean_csv_temporaries(out, csv_name)
+    if stale:
+        logger.info("removed %d leftover temporary file(s) of an interrupted run in %s", len(stale), out)
+    return _read_rows(out / csv_name)
+
+
+def _close_tracking(track: _SafeTracker, report: BatchReport, status: str) -> None:
+    """Counts, a ``status`` tag and the CSV to the MLflow run, then end it with ``status``."""
+    track("log_params", {"num_done": report.done, "num_skipped": report.skipped, "num_failed": report.failed})
+    track("log_metrics", {"cases_done": report.done, "cases_skipped": report.skipped, "cases_failed": report.failed})
+    track("set_tag", "status", {"FINISHED": "some cases failed" if report.failed else "ok",
+                                "KILLED": "interrupted"}.get(status, "error"))
+    if report.csv_path.is_file():
+        track("log_artifact", report.csv_path)
+    track("end_run", status)
+
+
+@dataclass
+class _Batch:
+    """What every case of a batch shares."""
+
+    predict: Callable[..., np.ndarray]
+    out: Path
+    postfix: str
+    overwrite: bool
+    identify: bool
+    label_values: list[int] | None
+    label_names: Mapping[int, str]
+    markers: Path | None
+
+
 def run_batch(
     entries: Sequence[Mapping[str, Any]],
     predict: Callable[[Any, Mapping[str, Any]], np.ndarray],
@@ -416,111 +479,75 @@ def run_batch(
     tracker: Any = None,
     markers: str | Path | None = None,
 ) -> BatchReport:
-    """Segment every entry, one mask and one CSV row per case; failures are rows, never crashes.
+    """Segment every entry, one mask and one CSV row per case; failures are rows, never crashes (module docstring).
 
-    Per entry (a dict from :func:`pipeline.io.layouts.index_inputs`): when ``<output_dir>/<case>_<postfix>.nii.gz``
-    exists and not ``overwrite`` the case is ``skipped`` (numbers kept from the earlier CSV row); otherwise its
-    image(s) are read (:func:`pipeline.io.volumes.read_volume`; a list of images = modalities sharing one geometry), a
-    ``label`` must match that geometry, ``predict(volume_or_volumes, entry)`` gives a mask of the first volume's
-    shape in its own voxel order, and :func:`pipeline.io.volumes.write_mask` writes it atomically in the input's
-    geometry. ``ValueError``/``OSError``/``RuntimeError`` (``CaseError`` included) make the case ``failed`` with a
-    one-line reason (logged as a warning, no traceback); any other exception fails it as ``internal error``.
-    ``KeyboardInterrupt`` stops the batch after the CSV is saved (the running case has no mask; a re-run does it).
+    Per entry (from :func:`pipeline.io.layouts.index_inputs`): an existing ``<output_dir>/<case>_<postfix>.nii.gz``
+    is ``skipped`` unless ``overwrite``; else the image(s) are read, ``predict(volume_or_volumes, entry)`` gives the
+    mask (first volume's shape and voxel order) and :func:`pipeline.io.volumes.write_mask` writes it atomically in the
+    input's geometry. ``ValueError``/``OSError``/``RuntimeError`` fail the case with a one-line reason; any other
+    exception fails it as ``internal error``; ``KeyboardInterrupt`` stops the batch after the CSV is saved.
 
     Args:
-        entries: the datalist.
-        predict: ``predict(volume_or_volumes, entry) -> mask``; the entry passed has ``case`` and, with
-            ``markers``, ``markers`` (the case's markers file).
-        output_dir: mask folder (created); leftover temporary files in it are removed first.
-        postfix: mask name postfix.
-        overwrite: replace existing masks.
+        entries, output_dir, postfix, overwrite: the datalist, the mask folder, the mask name postfix, replace masks.
+        predict: ``predict(volume_or_volumes, entry) -> mask``; ``entry`` has ``case`` (and ``markers``).
         csv_name: per-case CSV in ``output_dir``, rewritten after every case, rows of earlier runs kept.
-        labels: label values to measure (a list, or ``{value: name}`` for ``volume_ml_<name>`` columns); None:
-            every non-zero label found.
-        identify: use DICOM-derived names instead of pseudonyms.
-        progress: show a progress bar.
-        tracker: optional :class:`pipeline.training.tracking.MLflowTracker`-like object; the run is opened if needed, gets
-            the counts, a ``status`` tag and the CSV, and is closed.
+        labels: label values to measure (a list, or ``{value: name}``); None: every non-zero label found.
+        identify, progress: DICOM-derived names instead of pseudonyms; a progress bar.
+        tracker: optional :class:`pipeline.training.tracking.MLflowTracker`-like object (run opened if needed,
+            counts, ``status`` tag and CSV logged, run closed).
         markers: a markers file (one input) or a folder of ``<case>.csv`` / ``<case>.mrk.json`` files.
-
-    Returns:
-        The :class:`BatchReport`.
 
     Raises:
         BatchError: two inputs map to the same mask name, no entries, or unusable ``markers``.
-        KeyboardInterrupt: re-raised after saving the CSV.
     """
-    from tqdm import tqdm
-
-    from pipeline.io.volumes import clean_stale_temporaries, write_mask
-
     entries = list(entries)
     if not entries:
         raise BatchError("nothing to do: no input case")
-    out = Path(output_dir).expanduser()
-    label_values, label_names = _labels_list(labels)
-    volume_columns = [f"{VOLUME_PREFIX}{label_names[v]}" for v in (label_values or [])]
     cases = [case_name(e, identify) for e in entries]
-    targets: dict[str, int] = {}
-    for i, case in enumerate(cases):
-        name = mask_name(case, postfix)
-        if name in targets:
-            raise BatchError(f"inputs {targets[name] + 1} and {i + 1} (case {case}) would both write {name}: "
-                             "rename one input or segment them in separate batches")
-        targets[name] = i
-    markers_path = Path(markers).expanduser() if markers not in (None, "") else None
-    if markers_path is not None:
-        if not markers_path.exists():
-            raise BatchError(f"markers {markers_path} do not exist: pass --markers <file or folder>")
-        if markers_path.is_file() and len(entries) > 1:
-            raise BatchError(f"{len(entries)} inputs but one markers file {markers_path}: pass a folder with one "
-                             "<case>.csv or <case>.mrk.json per input")
-    elif getattr(predict, "needs_markers", False):
-        raise BatchError("no markers given: pass --markers <CSV / .mrk.json file, or a folder of them>")
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / csv_name
-    stale = list(clean_stale_temporaries(out) or []) + _clean_csv_temporaries(out, csv_name)
-    if stale:
-        logger.info("removed %d leftover temporary file(s) of an interrupted run in %s", len(stale), out)
-    merged = _read_rows(csv_path)
-    report = BatchReport(output_dir=out, csv_path=csv_path)
+    _mask_names(cases, postfix)
+    label_values, label_names = _labels_list(labels)
+    batch = _Batch(predict, Path(output_dir).expanduser(), postfix, overwrite, identify, label_values, label_names,
+                   _markers_path(markers, len(entries), predict))
+    merged = _prepare_output(batch.out, csv_name)
+    report = BatchReport(output_dir=batch.out, csv_path=batch.out / csv_name)
     track = _SafeTracker(tracker)
     track("start_run")
     track("log_params", {"num_inputs": len(entries)})
-    bar = tqdm(total=len(entries), desc="inference", unit="case", disable=not progress, dynamic_ncols=True)
-    status = "FINISHED"
+    status = "FAILED"
     try:
-        for entry, case in zip(entries, cases):
-            bar.set_postfix_str(case, refresh=False)
-            row = _run_case(entry, case, predict, out, postfix, overwrite, identify, label_values, label_names,
-                            merged.get(case), markers_path, write_mask)
-            report.rows.append(row)
-            merged[case] = row
-            _save_rows(csv_path, list(merged.values()), volume_columns)
-            bar.update(1)
+        _run_cases(entries, cases, batch, merged, report, progress)
+        status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         logger.warning("interrupted: %d of %d case(s) handled; re-run the same command to finish the rest",
                        len(report.rows), len(entries))
         raise
-    except BaseException:
-        status = "FAILED"
-        raise
     finally:
-        bar.close()
-        track("log_params", {"num_done": report.done, "num_skipped": report.skipped, "num_failed": report.failed})
-        track("log_metrics", {"cases_done": report.done, "cases_skipped": report.skipped,
-                              "cases_failed": report.failed})
-        tag = {"FINISHED": "some cases failed" if report.failed else "ok", "KILLED": "interrupted"}.get(status, "error")
-        track("set_tag", "status", tag)
-        if csv_path.is_file():
-            track("log_artifact", csv_path)
-        track("end_run", status)
+        _close_tracking(track, report, status)
     logger.info(report.summary_line())
     for failed_case, reason in report.failures:
         logger.info("failed %s: %s", failed_case, reason)
     print(report.summary(), flush=True)
     return report
+
+
+def _run_cases(entries: Sequence[Mapping[str, Any]], cases: Sequence[str], batch: _Batch,
+               merged: dict[str, dict[str, str]], report: BatchReport, progress: bool) -> None:
+    """Every case in turn, the CSV rewritten after each (rows of earlier runs kept)."""
+    from tqdm import tqdm
+
+    from pipeline.io.volumes import write_mask
+
+    volume_columns = [f"{VOLUME_PREFIX}{batch.label_names[v]}" for v in (batch.label_values or [])]
+    with tqdm(total=len(entries), desc="inference", unit="case", disable=not progress, dynamic_ncols=True) as bar:
+        for entry, case in zip(entries, cases):
+            bar.set_postfix_str(case, refresh=False)
+            row = _run_case(entry, case, batch.predict, batch.out, batch.postfix, batch.overwrite, batch.identify,
+                            batch.label_values, batch.label_names, merged.get(case), batch.markers, write_mask)
+            report.rows.append(row)
+            merged[case] = row
+            _save_rows(report.csv_path, list(merged.values()), volume_columns)
+            bar.update(1)
 
 
 def _run_case(entry: Mapping[str, Any], case: str, predict: Callable[..., np.ndarray], out: Path, postfix: str,
@@ -583,6 +610,50 @@ def _error(message: Any) -> int:
     return 2
 
 
+def _index_and_load(input_path: Any, output_dir: Any, predictor: Any, ckpt_path: Any, ckpt_hint: str, layout: str,
+                    modalities: Sequence[str] | None, identify: bool) -> list[dict[str, Any]]:
+    """Check the command, index the inputs and load the model before the first case; raises ``BatchError``."""
+    from pipeline.io.layouts import index_inputs
+
+    if input_path is None or str(input_path).strip() == "":
+        raise BatchError("no input given: pass --input <file, folder or datalist>")
+    if output_dir is None or str(output_dir).strip() == "":
+        raise BatchError("no output folder given: pass --output <folder>")
+    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        hint = f" ({ckpt_hint})" if ckpt_hint else ""
+        raise BatchError(f"checkpoint {ckpt_path} not found{hint}")
+    entries = index_inputs(str(input_path), layout or "auto", modalities=list(modalities) if modalities else None,
+                           identify=identify, missing_modalities="keep")
+    if not entries:
+        raise BatchError(f"nothing to do: no input case found in {input_path}")
+    if hasattr(predictor, "load"):
+        try:
+            predictor.load()
+        except (OSError, RuntimeError, ValueError, KeyError) as err:
+            raise BatchError(f"cannot load the model: {one_line(err)}") from None
+    return entries
+
+
+def _batch_tracker(bundle: str, entries: Sequence[Mapping[str, Any]], input_path: Any, postfix: str, ckpt_path: Any,
+                   layout: str, overwrite: bool, identify: bool, csv_name: str, experiment_name: str | None,
+                   tags: Mapping[str, Any] | None) -> Any:
+    """The batch's MLflow run (params without DICOM paths), or None when tracking cannot start."""
+    dicom = any(_is_dicom(e) for e in entries)
+    params: dict[str, Any] = {"bundle": bundle, "postfix": postfix, "overwrite": bool(overwrite),
+                              "identify": bool(identify), "layout": layout or "auto", "csv_name": csv_name}
+    if ckpt_path is not None:
+        params["checkpoint"] = Path(ckpt_path).name
+        params["checkpoint_sha256"] = sha256_prefix(ckpt_path)
+    if not dicom:
+        params["input"] = str(Path(str(input_path)).expanduser().resolve())
+    try:
+        return make_tracker(bundle, experiment_name=experiment_name, params=params,
+                            tags={**dict(tags or {}), "inputs": "dicom" if dicom else "files"})
+    except Exception as err:  # noqa: BLE001 - tracking is optional
+        logger.warning("MLflow tracking is off: %s", one_line(err))
+        return None
+
+
 def execute(
     bundle: str,
     input_path: str | Path | None,
@@ -610,42 +681,15 @@ def execute(
     names) print one ``error: ...`` line on stderr and return 2; otherwise the code of :class:`BatchReport`.
     ``KeyboardInterrupt`` is re-raised after the CSV is saved.
     """
-    from pipeline.io.layouts import index_inputs
-
     try:
-        if input_path is None or str(input_path).strip() == "":
-            raise BatchError("no input given: pass --input <file, folder or datalist>")
-        if output_dir is None or str(output_dir).strip() == "":
-            raise BatchError("no output folder given: pass --output <folder>")
-        if ckpt_path is not None and not Path(ckpt_path).is_file():
-            hint = f" ({ckpt_hint})" if ckpt_hint else ""
-            raise BatchError(f"checkpoint {ckpt_path} not found{hint}")
-        entries = index_inputs(str(input_path), layout or "auto", modalities=list(modalities) if modalities else None,
-                               identify=identify, missing_modalities="keep")
-        if not entries:
-            raise BatchError(f"nothing to do: no input case found in {input_path}")
-        if hasattr(predictor, "load"):
-            try:
-                predictor.load()
-            except (OSError, RuntimeError, ValueError, KeyError) as err:
-                raise BatchError(f"cannot load the model: {one_line(err)}") from None
+        entries = _index_and_load(input_path, output_dir, predictor, ckpt_path, ckpt_hint, layout, modalities,
+                                  identify)
     except (BatchError, ValueError, OSError, RuntimeError) as err:
         return _error(err)
-    dicom = any(_is_dicom(e) for e in entries)
     tracker = None
     if mlflow:
-        params: dict[str, Any] = {"bundle": bundle, "postfix": postfix, "overwrite": bool(overwrite),
-                                  "identify": bool(identify), "layout": layout or "auto", "csv_name": csv_name}
-        if ckpt_path is not None:
-            params["checkpoint"] = Path(ckpt_path).name
-            params["checkpoint_sha256"] = sha256_prefix(ckpt_path)
-        if not dicom:
-            params["input"] = str(Path(str(input_path)).expanduser().resolve())
-        try:
-            tracker = make_tracker(bundle, experiment_name=experiment_name, params=params,
-                                   tags={**dict(tags or {}), "inputs": "dicom" if dicom else "files"})
-        except Exception as err:  # noqa: BLE001 - tracking is optional
-            logger.warning("MLflow tracking is off: %s", one_line(err))
+        tracker = _batch_tracker(bundle, entries, input_path, postfix, ckpt_path, layout, overwrite, identify,
+                                 csv_name, experiment_name, tags)
     try:
         report = run_batch(entries, predictor, output_dir, postfix, overwrite=overwrite, csv_name=csv_name,
                            labels=labels, identify=identify, progress=progress, tracker=tracker, markers=markers)

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.io.files import load_weights
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -34,34 +36,9 @@ __all__ = [
     "SlicePredictor",
     "brats_predictor",
     "lits_predictor",
-    "load_weights",
     "segment_selective",
     "spect_predictor",
 ]
-
-
-def load_weights(network: torch.nn.Module, ckpt_path: str | Path, device: str | torch.device = "cpu") -> None:
-    """Load a checkpoint into ``network`` the way ``CheckpointLoader(load_dict={"model": network})`` does.
-
-    Accepts a bare ``state_dict`` (what ``CheckpointSaver`` writes for a single model) or a dict holding it under
-    ``"model"`` (a training checkpoint).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        RuntimeError: the file is not a checkpoint of this network (names the file).
-    """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        state = torch.load(str(path), map_location=device, weights_only=True)
-        if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
-            state = state["model"]
-        network.load_state_dict(state)
-    except Exception as err:  # noqa: BLE001 - any failure means: not a usable checkpoint of this network
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise RuntimeError(f"checkpoint {path} does not fit the network ({type(err).__name__}: {first})") from err
-    network.to(device).eval()
 
 
 def _as_list(volume: Any) -> list[Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from transforms.slices import _check_num_slices
+from transforms.slices import check_num_slices
 
 __all__ = ["window_stack"]
 
@@ -34,7 +34,7 @@ def window_stack(volume: np.ndarray, a_min: float, a_max: float, num_slices: int
     Raises:
         ValueError: a volume that is not 3D, or ``a_max <= a_min``.
     """
-    num_slices = _check_num_slices(num_slices)
+    num_slices = check_num_slices(num_slices)
     if volume.ndim != 3:
         raise ValueError(f"window_stack needs a 3D (X, Y, Z) volume, got shape {tuple(volume.shape)}.")
     if not a_max > a_min:

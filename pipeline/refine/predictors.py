@@ -27,7 +27,7 @@ def load_refinement(network: torch.nn.Module, ckpt_path: str | Path, iterations:
         FileNotFoundError: the checkpoint is missing (names the command that trains it).
         RuntimeError: ``iterations`` is None and the checkpoint holds no chosen ``k``.
     """
-    from pipeline.inference.predictors import load_weights
+    from pipeline.io.files import load_weights
 
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():

@@ -31,7 +31,6 @@ metrics, the CSVs and the checkpoint as artifacts).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -46,6 +45,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.evaluation.metrics import dice_jaccard
+from pipeline.io.files import sha256_prefix
 from pipeline.refine.iteration import (
     choose_k,
     iterate_refinement,
@@ -165,14 +165,6 @@ def _cache_key(name: str, entry: Mapping[str, Any]) -> str:
         stat = p.stat() if p.exists() else None
         parts.append(f"{p}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}")
     return "|".join(parts)
-
-
-def _sha256_prefix(path: str | Path, length: int = 12) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:length]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -301,10 +293,10 @@ class RefinementWorkflow:
 
     def load_cases(self) -> dict[str, list[RefineCase]]:
         """Preprocess every case and predict (or read from the cache) its base mask."""
-        from pipeline.inference.predictors import load_weights
+        from pipeline.io.files import load_weights
 
         self.check_base()
-        sha = _sha256_prefix(self.base_ckpt)
+        sha = sha256_prefix(self.base_ckpt)
         cache_file = self.cache_dir / f"base_masks_{sha}.pt"
         cache: dict[str, torch.Tensor] = {}
         if cache_file.is_file():

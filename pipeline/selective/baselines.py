@@ -50,6 +50,63 @@ when the splitting settles (relative change of its ``u`` below ``tol`` on an acc
 ``max_iter``, or when failed proposals have driven ``tau`` down to ``2**-10`` of its initial value (no further descent
 found: ``converged=False``). Every iterate has a lower energy than the one before it and the solver continues from it;
 failed proposals are never returned.
+
+:func:`tv_segment` (TV-ADMM)::
+
+    min_{u in [0,1]} lam*sum(Phi u) + theta*sum(D_G u) + mu*sum(g |grad u|)
+
+Splitting ``w = grad u`` and ``z = u`` (a box-constrained copy that carries the linear term), scaled duals
+``b`` and ``d``, one penalty ``rho`` for both constraints, proximal centre ``u_k`` and step ``tau``. One sweep:
+
+1. ``u``: ``(1/tau + rho + rho grad^T grad) u = u_k/tau + rho grad^T (w - b) + rho (z - d)``, solved exactly
+   by a DCT-II (Neumann) diagonalisation;
+2. ``w``: ``shrink(grad u + b, mu g / rho)``, isotropic soft thresholding;
+3. ``z``: ``clip(u + d - c / rho, 0, 1)`` with ``c = lam Phi + theta D_G``;
+4. ``b += grad u - w``, ``d += u - z``.
+
+This is ADMM for the strongly convex proximal subproblem ``min F(u) + ||u - u_k||^2 / (2 tau)``; the proposal
+``clip(u, 0, 1)`` becomes ``u_{k+1}`` when it passes the sufficient-decrease test of the module docstring, so
+``result.energy`` is non-increasing. The dual variables are carried over from one proximal subproblem to the
+next (warm start), so most sweeps are accepted on noisy images and a sweep costs the same as a plain ADMM sweep.
+
+Defaults: ``lam = 2`` and ``theta = 30`` are the authors' code values. ``mu = 1`` (METHODS gives no value) makes
+the boundary cost per pixel of length equal to the data gain of one pixel with ``|lam Phi + theta D_G| = 1``: a
+region survives when its radius exceeds about ``2 mu / |c|`` pixels, which removes isolated noisy pixels but
+not organs or lesions a few pixels across. ``rho = 2``: the shrinkage threshold ``mu / rho = 0.5`` is half the
+gradient of a sharp 0/1 edge and the ``z``-step moves ``u`` by ``c / rho``, about half a unit where
+``|lam Phi| ~ 1``; on the test images ``rho`` from 1 to 8 gave the same energy to 1e-3 relative, with the
+number of sweeps growing with ``rho``. ``tau = 10`` (``1/tau = rho/20``) is a weak proximal pull (1 to 100
+behave alike); ``tau`` is halved after 5 consecutive rejected proposals. ``tol = 1e-4`` and ``max_iter = 500``:
+on 128x128 test images the run stops after 30 to 210 sweeps (0.01 to 0.03 s on two CPU cores).
+
+:func:`elastica_segment` (elastica ALM).
+
+Minimises ``F(u) = lam*sum(Phi u) + theta*sum(D_G u) + sum(g (alpha + beta kappa^2) |grad u|)`` over
+``u in [0, 1]``, ``kappa`` as in :func:`elastica_energy`. The ALM (see :class:`_ElasticaALM`) splits
+``v = u``, ``p = grad u``, a relaxed unit normal ``m`` (``|m| <= 1``, ``|p| = m.p``), ``n = m`` and
+``q = div n``; every subproblem is closed form (clipping, isotropic shrinkage, pointwise division, projection
+onto the unit ball) or one DCT-II solve (``u``, and ``n`` through the Woodbury identity
+``(I + grad grad^T)^{-1} = I - grad (I + grad^T grad)^{-1} grad^T``). A DCT replaces the FFT of the paper
+so that the boundary condition is Neumann rather than periodic.
+
+Monotone energy: the ``u``-subproblem carries the proximal term ``||u - u_k||^2 / (2 tau)``; the proposal
+``clip(u, 0, 1)`` is accepted when it passes the sufficient-decrease test, and after ``patience`` consecutive
+rejections ``tau`` is halved and the auxiliary variables are re-synchronised with ``u_k`` (module docstring).
+The problem is non-convex: the result depends on ``init`` and is a point from which the ALM finds no further
+descent, not a certified global minimiser.
+
+Defaults: ``lam = 2``, ``theta = 30`` as in the authors' code; ``alpha = 1`` puts the length term on the scale of
+:func:`tv_segment`'s ``mu = 1``. ``beta = 10`` (pixel units) makes an arc of radius ``r`` cost ``1 + 10/r^2`` times
+its length: 10 % extra at ``r = 10`` (organs and lesions are barely affected) but a factor 2 or more for ``r <= 3``
+(spurs and noise specks are strongly penalised); METHODS gives no value for ``alpha`` or ``beta``. ``eps = 1e-2``
+and ``sigma = 1`` define the discrete curvature (:func:`elastica_energy`). ``rho = 10`` (``r1 = 1``,
+``r2 = r3 = r4 = r5 = 10``): on the test images penalties from 3 to 10 reached energies within about 1 % of each
+other (except on the noisiest image, where 7 and 10 did best), 2 accepted fewer steps, and 20 let the iterates drift
+to ``u = 0`` on the noisiest image. ``tau = 10`` and ``patience = 5`` as for TV. ``tol = 1e-4``, ``max_iter = 800``:
+128x128 test images take 65 to 480 sweeps (0.04 to 0.22 s on two CPU cores). Most runs end because no further
+descent is found (``converged=False``): on a noisy 32x32 test image L-BFGS-B started from that point lowered the
+energy by another 5 %, but started from the initial guess it had not reached the ALM's energy after 3000
+iterations (two minutes).
 """
 
 from __future__ import annotations
@@ -438,45 +495,12 @@ def _proximal_descent(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def tv_segment(
-    fitting: np.ndarray,
-    distance: np.ndarray,
-    lam: float = 2.0,
-    theta: float = 30.0,
-    mu: float = 1.0,
-    edge: np.ndarray | None = None,
-    rho: float = 2.0,
-    tau: float = 10.0,
-    max_iter: int = 500,
-    tol: float = 1e-4,
-    init: np.ndarray | None = None,
-    progress: bool = False,
-) -> BaselineResult:
+def tv_segment(fitting: np.ndarray, distance: np.ndarray, lam: float = 2.0, theta: float = 30.0, mu: float = 1.0,
+               edge: np.ndarray | None = None, rho: float = 2.0, tau: float = 10.0, max_iter: int = 500,
+               tol: float = 1e-4, init: np.ndarray | None = None, progress: bool = False) -> BaselineResult:
     """TV baseline of model (4): ``min_{u in [0,1]} lam*sum(Phi u) + theta*sum(D_G u) + mu*sum(g |grad u|)``, by ADMM.
 
-    Splitting ``w = grad u`` and ``z = u`` (a box-constrained copy that carries the linear term), scaled duals
-    ``b`` and ``d``, one penalty ``rho`` for both constraints, proximal centre ``u_k`` and step ``tau``. One sweep:
-
-    1. ``u``: ``(1/tau + rho + rho grad^T grad) u = u_k/tau + rho grad^T (w - b) + rho (z - d)``, solved exactly
-       by a DCT-II (Neumann) diagonalisation;
-    2. ``w``: ``shrink(grad u + b, mu g / rho)``, isotropic soft thresholding;
-    3. ``z``: ``clip(u + d - c / rho, 0, 1)`` with ``c = lam Phi + theta D_G``;
-    4. ``b += grad u - w``, ``d += u - z``.
-
-    This is ADMM for the strongly convex proximal subproblem ``min F(u) + ||u - u_k||^2 / (2 tau)``; the proposal
-    ``clip(u, 0, 1)`` becomes ``u_{k+1}`` when it passes the sufficient-decrease test of the module docstring, so
-    ``result.energy`` is non-increasing. The dual variables are carried over from one proximal subproblem to the
-    next (warm start), so most sweeps are accepted on noisy images and a sweep costs the same as a plain ADMM sweep.
-
-    Defaults: ``lam = 2`` and ``theta = 30`` are the authors' code values. ``mu = 1`` (METHODS gives no value) makes
-    the boundary cost per pixel of length equal to the data gain of one pixel with ``|lam Phi + theta D_G| = 1``: a
-    region survives when its radius exceeds about ``2 mu / |c|`` pixels, which removes isolated noisy pixels but
-    not organs or lesions a few pixels across. ``rho = 2``: the shrinkage threshold ``mu / rho = 0.5`` is half the
-    gradient of a sharp 0/1 edge and the ``z``-step moves ``u`` by ``c / rho``, about half a unit where
-    ``|lam Phi| ~ 1``; on the test images ``rho`` from 1 to 8 gave the same energy to 1e-3 relative, with the
-    number of sweeps growing with ``rho``. ``tau = 10`` (``1/tau = rho/20``) is a weak proximal pull (1 to 100
-    behave alike); ``tau`` is halved after 5 consecutive rejected proposals. ``tol = 1e-4`` and ``max_iter = 500``:
-    on 128x128 test images the run stops after 30 to 210 sweeps (0.01 to 0.03 s on two CPU cores).
+    The algorithm and the choice of the defaults: module docstring, section "tv_segment".
 
     Args:
         fitting: fitting term ``Phi``, shape ``(H, W)``, negative inside the object.
@@ -609,52 +633,14 @@ class _ElasticaALM:
         return self.u
 
 
-def elastica_segment(
-    fitting: np.ndarray,
-    distance: np.ndarray,
-    lam: float = 2.0,
-    theta: float = 30.0,
-    alpha: float = 1.0,
-    beta: float = 10.0,
-    edge: np.ndarray | None = None,
-    eps: float = 1e-2,
-    sigma: float = 1.0,
-    rho: float = 10.0,
-    tau: float = 10.0,
-    patience: int = 5,
-    max_iter: int = 800,
-    tol: float = 1e-4,
-    init: np.ndarray | None = None,
-    progress: bool = False,
-) -> BaselineResult:
+def elastica_segment(fitting: np.ndarray, distance: np.ndarray, lam: float = 2.0, theta: float = 30.0,
+                     alpha: float = 1.0, beta: float = 10.0, edge: np.ndarray | None = None, eps: float = 1e-2,
+                     sigma: float = 1.0, rho: float = 10.0, tau: float = 10.0, patience: int = 5,
+                     max_iter: int = 800, tol: float = 1e-4, init: np.ndarray | None = None,
+                     progress: bool = False) -> BaselineResult:
     """Elastica baseline of model (4) by Zhu-Tai-Chan's augmented Lagrangian method (ALM).
 
-    Minimises ``F(u) = lam*sum(Phi u) + theta*sum(D_G u) + sum(g (alpha + beta kappa^2) |grad u|)`` over
-    ``u in [0, 1]``, ``kappa`` as in :func:`elastica_energy`. The ALM (see :class:`_ElasticaALM`) splits
-    ``v = u``, ``p = grad u``, a relaxed unit normal ``m`` (``|m| <= 1``, ``|p| = m.p``), ``n = m`` and
-    ``q = div n``; every subproblem is closed form (clipping, isotropic shrinkage, pointwise division, projection
-    onto the unit ball) or one DCT-II solve (``u``, and ``n`` through the Woodbury identity
-    ``(I + grad grad^T)^{-1} = I - grad (I + grad^T grad)^{-1} grad^T``). A DCT replaces the FFT of the paper
-    so that the boundary condition is Neumann rather than periodic.
-
-    Monotone energy: the ``u``-subproblem carries the proximal term ``||u - u_k||^2 / (2 tau)``; the proposal
-    ``clip(u, 0, 1)`` is accepted when it passes the sufficient-decrease test, and after ``patience`` consecutive
-    rejections ``tau`` is halved and the auxiliary variables are re-synchronised with ``u_k`` (module docstring).
-    The problem is non-convex: the result depends on ``init`` and is a point from which the ALM finds no further
-    descent, not a certified global minimiser.
-
-    Defaults: ``lam = 2``, ``theta = 30`` as in the authors' code; ``alpha = 1`` puts the length term on the scale of
-    :func:`tv_segment`'s ``mu = 1``. ``beta = 10`` (pixel units) makes an arc of radius ``r`` cost ``1 + 10/r^2`` times
-    its length: 10 % extra at ``r = 10`` (organs and lesions are barely affected) but a factor 2 or more for ``r <= 3``
-    (spurs and noise specks are strongly penalised); METHODS gives no value for ``alpha`` or ``beta``. ``eps = 1e-2``
-    and ``sigma = 1`` define the discrete curvature (:func:`elastica_energy`). ``rho = 10`` (``r1 = 1``,
-    ``r2 = r3 = r4 = r5 = 10``): on the test images penalties from 3 to 10 reached energies within about 1 % of each
-    other (except on the noisiest image, where 7 and 10 did best), 2 accepted fewer steps, and 20 let the iterates drift
-    to ``u = 0`` on the noisiest image. ``tau = 10`` and ``patience = 5`` as for TV. ``tol = 1e-4``, ``max_iter = 800``:
-    128x128 test images take 65 to 480 sweeps (0.04 to 0.22 s on two CPU cores). Most runs end because no further
-    descent is found (``converged=False``): on a noisy 32x32 test image L-BFGS-B started from that point lowered the
-    energy by another 5 %, but started from the initial guess it had not reached the ALM's energy after 3000
-    iterations (two minutes).
+    The algorithm and the choice of the defaults: module docstring, section "elastica_segment".
 
     Args:
         fitting: fitting term ``Phi``, shape ``(H, W)``, negative inside the object.

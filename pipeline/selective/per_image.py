@@ -29,12 +29,14 @@ __all__ = ["dip_segment", "run_per_image_method"]
 
 def dip_segment(sample: Mapping[str, Any], epochs: Sequence[int] | int = 300, lam: float = 2.0,
                 theta: float = 30.0, features: int = 32, levels: int = 4, learning_rate: float = 1e-3,
-                lr_decay: float = 1e-4, seed: int = 0, divisible: int = 16,
+                lr_decay: float = 1e-4, seed: int = 0, divisible: int = 16, noise_channels: int = 32,
+                noise_max: float = 0.1, perturb_std: float = 0.01,
                 device: str | torch.device = "cpu") -> dict[int, np.ndarray]:
     """DIP-like per-image model: an untrained DIP-Net ``φ_Θ(z)`` minimising ``λ∫Φu + θ∫D_G u`` for one image.
 
-    Adam with ``lr_t = lr / (1 + lr_decay·t)`` (the Keras ``decay`` of the DIP code); the noise input gets a fresh
-    N(0, 0.01²) perturbation each step. Early stopping: the masks ``{u > 0.5}`` after each epoch count in
+    Adam with ``lr_t = lr / (1 + lr_decay·t)`` (the Keras ``decay`` of the DIP code); the noise input
+    (``noise_channels`` channels, uniform in ``[0, noise_max]``) gets a fresh ``N(0, perturb_std²)`` perturbation each
+    step (:class:`networks.DIPNet`). Early stopping: the masks ``{u > 0.5}`` after each epoch count in
     ``epochs`` are returned, so a caller can pick the count on validation images and apply it to test images.
 
     Returns:
@@ -49,8 +51,8 @@ def dip_segment(sample: Mapping[str, Any], epochs: Sequence[int] | int = 300, la
     torch.manual_seed(seed)
     item = loader_samples([sample], "polygon")[0]
     batch = TrainingBatch([item], divisible).batch
-    net = DIPNet(num_images=1, spatial_size=batch["input"].shape[-2:], features=features, levels=levels,
-                 seed=seed).to(device)
+    net = DIPNet(num_images=1, spatial_size=batch["input"].shape[-2:], noise_channels=noise_channels,
+                 noise_max=noise_max, perturb_std=perturb_std, features=features, levels=levels, seed=seed).to(device)
     loss_fn = SelectiveLoss(mu=0.0, lam=lam, theta=theta)
     optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1.0 / (1.0 + lr_decay * t))
@@ -84,7 +86,8 @@ def _per_image_masks(method: str, sample: Mapping[str, Any], params: Mapping[str
         return dip_segment(sample, epochs=params["epochs_grid"], lam=lam, theta=theta,
                            features=int(params["features"]), levels=int(params.get("levels", 4)),
                            learning_rate=float(params["learning_rate"]), lr_decay=float(params["lr_decay"]),
-                           seed=int(params["seed"]))
+                           seed=int(params["seed"]), noise_channels=int(params["noise_channels"]),
+                           noise_max=float(params["noise_max"]), perturb_std=float(params["perturb_std"]))
     out = {}
     for value in params["grid"]:
         if method == "tv":

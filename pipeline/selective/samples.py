@@ -28,6 +28,8 @@ import torch
 from scipy import ndimage
 from tqdm import tqdm
 
+from transforms import ChanVeseFitting, EdgeIndicator, GeodesicDistance
+
 __all__ = [
     "GUIDANCE_KEYS",
     "MAP_KEYS",
@@ -78,8 +80,8 @@ class SelectiveSlices:
         num_clicks: number of clicks, an int or an inclusive range.
         min_distance: minimum distance of a click to the object boundary, in pixels.
         seed: click seed.
-        geodesic: keyword arguments of :class:`transforms.GeodesicDistance` (``epsilon``, ``beta``, ``p``,
-            ``theta``).
+        geodesic: the :class:`transforms.GeodesicDistance` that maps the marker polygon to ``D_G`` (a ``_target_``
+            component of the bundle config); None: its defaults.
         iota: edge-indicator parameter ``ι``.
         lambda3: weight of the hat term in ``Φ``.
         progress: show a progress bar.
@@ -87,17 +89,18 @@ class SelectiveSlices:
 
     def __init__(self, target_label: int = 1, window: Sequence[float] = (-1000.0, 200.0),
                  num_clicks: int | Sequence[int] = (4, 8), min_distance: float = 3.0, seed: int = 0,
-                 geodesic: Mapping[str, Any] | None = None, iota: float = 1000.0, lambda3: float = 1.0,
+                 geodesic: GeodesicDistance | None = None, iota: float = 1000.0, lambda3: float = 1.0,
                  progress: bool = True) -> None:
-        from transforms import ChanVeseFitting, EdgeIndicator, GeodesicDistance
-
         self.target_label = target_label
         self.window = tuple(float(w) for w in window)
         _window(np.zeros(1), self.window)
         self.num_clicks = num_clicks
         self.min_distance = float(min_distance)
         self.seed = int(seed)
-        self.geodesic = GeodesicDistance(**dict(geodesic or {}))
+        if geodesic is not None and not callable(geodesic):
+            raise TypeError(f"geodesic must be a transforms.GeodesicDistance (a _target_ component), got "
+                            f"{type(geodesic).__name__}")
+        self.geodesic = geodesic if geodesic is not None else GeodesicDistance()
         self.edge = EdgeIndicator(iota=iota)
         self.fitting = ChanVeseFitting(lambda3=lambda3)
         self.progress = progress

@@ -21,49 +21,17 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from pipeline.io.files import load_weights
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["spect_datalist", "unlabelled", "load_weights", "freeze_blocks", "prepare_finetune", "LabelledSlices",
+__all__ = ["unlabelled", "freeze_blocks", "prepare_finetune", "LabelledSlices",
            "LabelOnlyLoss"]
-
-
-def spect_datalist(dataset_dir: str | Path | None, synthetic_dir: str | Path, num_cases: int = 12,
-                   shape: Sequence[int] = (64, 64, 48), seed: int = 0, iterations: int = 5) -> list[dict[str, str]]:
-    """Datalist of a real bone SPECT folder ``dataset_dir`` or of synthetic phantoms (generated if missing).
-
-    Args:
-        dataset_dir: folder in the layout ``case-N/recon_osemK.nii[.gz]`` + ``case-N/bone.nii[.gz]`` (never
-            written to); None, ``""`` or ``"synthetic"`` selects the phantoms.
-        synthetic_dir: phantom folder, generated there if missing (idempotent).
-        num_cases, shape, seed: phantom settings (``seed`` is the data seed, separate from the training seed).
-        iterations: OS-EM iterations of the reconstruction used as ``"image"`` (2 or 5 for the phantoms).
-    """
-    from pipeline.data.spect import generate_spect_phantoms
-    from pipeline.io.datasets import index_spect
-
-    if dataset_dir is not None and str(dataset_dir).strip() not in ("", "synthetic"):
-        return index_spect(dataset_dir, iterations=int(iterations))
-    wanted = {e["case"] for e in generate_spect_phantoms(synthetic_dir, int(num_cases), tuple(shape), int(seed),
-                                                          progress=False)}
-    return [e for e in index_spect(synthetic_dir, iterations=int(iterations)) if e["case"] in wanted]
 
 
 def unlabelled(datalist: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Copies of the dicts with ``"labelled": False`` (the unsupervised Mode 1 sees no label)."""
     return [{**entry, "labelled": False} for entry in datalist]
-
-
-def load_weights(network: nn.Module, path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Load a checkpoint written by MONAI's ``CheckpointSaver`` (a bare state dict or ``{"model": ...}``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"initial checkpoint {path} not found: train Mode 1 first (or set --init_ckpt)")
-    state = torch.load(str(path), map_location=map_location, weights_only=True)
-    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
-        state = state["model"]
-    network.load_state_dict(state)
-    logger.info("loaded initial weights from %s", path)
-    return network
 
 
 def _eval_only_train(module: nn.Module):
@@ -90,7 +58,8 @@ def prepare_finetune(network: nn.Module, init_ckpt: str | Path | None, frozen_bl
                      map_location: str | torch.device = "cpu") -> nn.Module:
     """Load ``init_ckpt`` (when given) into ``network`` and freeze its first ``frozen_blocks`` blocks."""
     if init_ckpt:
-        load_weights(network, init_ckpt, map_location)
+        load_weights(network, init_ckpt, map_location, hint="train Mode 1 first (or set --init_ckpt)")
+        logger.info("loaded initial weights from %s", init_ckpt)
     return freeze_blocks(network, frozen_blocks)
 
 

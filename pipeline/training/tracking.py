@@ -38,9 +38,10 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from pipeline.paths import REPO_ROOT
+
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS_DIRNAME = "artifacts"
 _MAX_PARAM_LEN = 6000  # MLflow's limit on a param value is 6000 characters (recent releases)
 _ISSUED_RUN_NAMES: set[str] = set()  # run names made by this process (make_run_name never repeats one)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -27,10 +29,10 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:`torch.jit.load` is deprecated:DeprecationWarning",
 )
 
-# bundle -> (config files whose merge defines ``network_def``, extra verify_net_in_out arguments, test input shape)
+# bundle -> (config files that define ``network_def``, extra verify_net_in_out arguments, test input shape)
 BUNDLES: dict[str, tuple[list[str], dict[str, int], tuple[int, ...]]] = {
     "lits": (["inference.json"], {"n": 2}, (2, 3, 32, 48)),
-    "lung": (["train.json", "inference.json"], {"n": 2}, (2, 2, 32, 48)),
+    "lung": (["inference.json"], {"n": 2}, (2, 2, 32, 48)),
     "spect": (["inference.json"], {"any": 23}, (2, 1, 23, 31)),
     "brats": (["inference.json"], {"n": 2}, (2, 12, 32, 48)),
 }
@@ -123,6 +125,16 @@ def test_verify_net_in_out(bundle: str) -> None:
     with pytest.raises(ValueError, match="output channel number"):
         wrong = {"_meta_#network_data_format#outputs#pred#num_channels": 99}
         verify_net_in_out(bundle_root=str(_bundle_root(bundle)), **common, **wrong)
+
+
+@pytest.mark.parametrize("bundle", sorted(BUNDLES))
+def test_inference_config_runs_on_its_own_from_the_bundle_folder(bundle: str) -> None:
+    """The model-zoo command, as a user types it in the bundle's folder: inference.json alone defines the network."""
+    cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
+           "configs/metadata.json", "--config_file", "configs/inference.json", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=_bundle_root(bundle), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "verified with no error" in proc.stdout + proc.stderr
 
 
 def _fresh_network(bundle: str) -> torch.nn.Module:

@@ -19,9 +19,10 @@ from pipeline.data.brats import (
 )
 from pipeline.data.brats import TISSUES, main
 from pipeline.io.layouts import LayoutError, index_brats, index_inputs
+from pipeline.paths import real_data_root
 
 SMALL = (40, 44, 32)
-REAL_SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/real/c_brain_mr/deepmedic_brats2015"
+REAL_SAMPLE = real_data_root() / "c_brain_mr" / "deepmedic_brats2015"
 ROLES = (*BRATS_MODALITY_NAMES, "seg")
 
 

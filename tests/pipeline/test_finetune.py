@@ -6,14 +6,8 @@ import torch
 
 from losses import ActiveContourLabelLoss
 from networks import RCNN
-from pipeline.training.finetune import (
-    LabelledSlices,
-    LabelOnlyLoss,
-    freeze_blocks,
-    load_weights,
-    trainable_parameters,
-    unlabelled,
-)
+from pipeline.io.files import load_weights
+from pipeline.training.finetune import LabelledSlices, LabelOnlyLoss, freeze_blocks, trainable_parameters, unlabelled
 
 
 def test_freeze_blocks_keeps_first_block_and_its_bn_stats():
