@@ -391,17 +391,9 @@ class ACWEWithLabelLoss(_Loss):
         >>> loss(output, image, target, labelled=[True, False, False, True]).backward()
     """
 
-    def __init__(
-        self,
-        alpha: float = 0.4,
-        nu: float = 0.004,
-        pool_batch: bool = False,
-        denominator: str = "count",
-        length_weight: float = 1.0,
-        region_weight: float = 1.0,
-        reduction: LossReduction | str = LossReduction.MEAN,
-        eps: float = 1e-8,
-    ) -> None:
+    def __init__(self, alpha: float = 0.4, nu: float = 0.004, pool_batch: bool = False, denominator: str = "count",
+                 length_weight: float = 1.0, region_weight: float = 1.0,
+                 reduction: LossReduction | str = LossReduction.MEAN, eps: float = 1e-8) -> None:
         """
         Args:
             alpha: weight ``α >= 0`` of the label term. Defaults to 0.4 (paper).
@@ -425,13 +417,8 @@ class ACWEWithLabelLoss(_Loss):
         self.last_acwe: float = float("nan")
         self.last_label: float = float("nan")
 
-    def forward(
-        self,
-        input: torch.Tensor,
-        image: torch.Tensor,
-        target: torch.Tensor,
-        labelled: torch.Tensor | Sequence[bool],
-    ) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, image: torch.Tensor, target: torch.Tensor,
+                labelled: torch.Tensor | Sequence[bool]) -> torch.Tensor:
         """
         Args:
             input: raw network output ``f``, shape ``B1H[WD]``, floating point.

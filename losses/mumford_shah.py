@@ -220,6 +220,13 @@ class MumfordShahLoss(_Loss):
         data, tv = _mumford_shah_terms(y, x, self.eps)
         return self._reduce(data + self.tv_weight * tv, x.shape[1], y.shape[2:])
 
+    def energies(self, input: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Unreduced energies ``data + tv_weight * tv`` per sample and class, shape ``(B, N)``, and the number of
+        values each one sums over (``C`` image channels times the pixels), which ``"mean"`` divides by."""
+        y, x = self._prepare(input, image)
+        data, tv = _mumford_shah_terms(y, x, self.eps)
+        return data + self.tv_weight * tv, int(x.shape[1] * y[0, 0].numel())
+
     def terms(self, input: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Data and (weighted) total-variation parts of the loss, each reduced like :meth:`forward`.
 
@@ -408,25 +415,11 @@ class SemiSupervisedMumfordShahLoss(_Loss):
             raise ValueError(f"logits need at least two channels (classes), got shape {tuple(logits.shape)}.")
         mask = self._labelled_mask(labelled, batch, logits.device)
         target_lab = self._target_indices(target, logits, mask).to(logits.device)
-
         weight = self.ce_weight
         if weight is not None and weight.numel() != num_classes:
             raise ValueError(f"ce_weight has {weight.numel()} entries but logits have N = {num_classes} classes.")
-
-        # Mumford–Shah term on all samples, per (b, n) raw energies.
         probs = torch.softmax(logits.to(compute_dtype(logits, image)), dim=1)
-        y, x = self.ms_loss._prepare(probs, image)
-        data, tv = _mumford_shah_terms(y, x, self.ms_loss.eps)
-        energy = data + self.ms_loss.tv_weight * tv  # (B, N)
-        if self.ms_reduction == LossReduction.SUM.value:
-            ms_per_sample = energy.sum(dim=1)
-            ms_total = ms_per_sample.sum()
-        else:
-            num_pixels = y[0, 0].numel()
-            ms_per_sample = (energy / float(x.shape[1] * num_pixels)).mean(dim=1)
-            ms_total = ms_per_sample.mean()
-
-        # Cross-entropy (eq. 18) on the labelled samples only.
+        ms_per_sample, ms_total = self._mumford_shah(probs, image)
         if weight is not None:
             weight = weight.to(device=probs.device, dtype=probs.dtype)
         ce_input = probs if self.ce_on_probabilities else logits.to(probs.dtype)
@@ -434,29 +427,41 @@ class SemiSupervisedMumfordShahLoss(_Loss):
             ce_input = torch.clamp(ce_input, 1e-10, 1.0)
         ce_input = ce_input[mask]
         zero = logits.sum() * 0.0
+        self.last_ms = float(ms_total.detach())
         if self.reduction == LossReduction.NONE.value:
-            ce_per_sample = zero.expand(batch).clone().to(probs.dtype)
-            if ce_input.shape[0] > 0:
-                pixel_ce = F.cross_entropy(ce_input, target_lab, weight=weight, reduction="none")
-                numer = pixel_ce.flatten(start_dim=1).sum(dim=1)
-                if weight is None:
-                    denom = torch.full_like(numer, float(pixel_ce[0].numel()))
-                else:
-                    denom = weight[target_lab].flatten(start_dim=1).sum(dim=1)
-                ce_per_sample = ce_per_sample.index_put((mask.nonzero(as_tuple=True)[0],), numer / denom)
-                self.last_ce = float((numer / denom).mean().detach())
-            else:
-                self.last_ce = 0.0
-            self.last_ms = float(ms_total.detach())
+            ce_per_sample = self._ce_per_sample(ce_input, target_lab, weight, mask, zero.expand(batch).to(probs.dtype))
             return ce_per_sample + self.beta * ms_per_sample
-
         if ce_input.shape[0] > 0:
             ce = F.cross_entropy(ce_input, target_lab, weight=weight, reduction=self.reduction)
         else:
             ce = zero.to(probs.dtype)
         self.last_ce = float(ce.detach())
-        self.last_ms = float(ms_total.detach())
         return ce + self.beta * ms_total
+
+    def _mumford_shah(self, probs: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Mumford–Shah term on all samples: per sample ``(B,)`` and reduced by ``ms_reduction``."""
+        energy, count = self.ms_loss.energies(probs, image)  # (B, N)
+        if self.ms_reduction == LossReduction.SUM.value:
+            per_sample = energy.sum(dim=1)
+            return per_sample, per_sample.sum()
+        per_sample = (energy / float(count)).mean(dim=1)
+        return per_sample, per_sample.mean()
+
+    def _ce_per_sample(self, ce_input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                       mask: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (eq. 18) per sample for ``reduction="none"``: the labelled ones' (weighted) mean, else 0."""
+        per_sample = zeros.clone()
+        if ce_input.shape[0] == 0:
+            self.last_ce = 0.0
+            return per_sample
+        pixel_ce = F.cross_entropy(ce_input, target, weight=weight, reduction="none")
+        numer = pixel_ce.flatten(start_dim=1).sum(dim=1)
+        if weight is None:
+            denom = torch.full_like(numer, float(pixel_ce[0].numel()))
+        else:
+            denom = weight[target].flatten(start_dim=1).sum(dim=1)
+        self.last_ce = float((numer / denom).mean().detach())
+        return per_sample.index_put((mask.nonzero(as_tuple=True)[0],), numer / denom)
 
 
 _BIAS_ACTIVATIONS = ("softplus", "exp", "none")

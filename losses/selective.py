@@ -257,9 +257,8 @@ class DIPSelectiveLoss(_Loss):
         self.last_geodesic: float = float("nan")
         self.last_coupling: float = float("nan")
 
-    def forward(
-        self, u_vm: torch.Tensor, u_dip: torch.Tensor, fitting: torch.Tensor, distance: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, u_vm: torch.Tensor, u_dip: torch.Tensor, fitting: torch.Tensor,
+                distance: torch.Tensor) -> torch.Tensor:
         """
         Args:
             u_vm: VM-Net output, shape ``B1HW`` or ``B1HWD``, floating point.

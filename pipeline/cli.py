@@ -5,8 +5,10 @@ Bundles themselves run through ``python -m monai.bundle run --config_file bundle
     varseg runs [--experiment varseg-lits] [--last 5]   # the runs, their metrics, UI command, chart/compare links
     varseg ui [--port 5000]                             # serve the MLflow UI on 127.0.0.1
     varseg make-data {lits,lung,spect,brats} OUT_DIR [--num-cases N] ...  # write synthetic phantoms in a dataset's layout
-    varseg infer {lits,lung,spect} --input PATH [--output DIR] ...  # batch inference (see python -m pipeline.inference.cli)
-    varseg cascade [--fractions 1/23 1/10 1/3] ...  # LiTS liver -> lesion cascade table (python -m pipeline.experiments.cascade)
+    varseg infer {lits,lung,spect} --input PATH [--output DIR] ...  # batch inference (see python -m
+    pipeline.inference.cli)
+    varseg cascade [--fractions 1/23 1/10 1/3] ...  # LiTS liver -> lesion cascade table (python -m
+    pipeline.experiments.cascade)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import subprocess
 import sys
 import urllib.parse
+from typing import Any
 
 from pipeline.training import tracking
 
@@ -34,6 +37,23 @@ def compare_links(experiment_id: str, run_ids: list[str], base_url: str = _UI_UR
     return links
 
 
+def _print_experiment(client: Any, exp: Any, last: int) -> None:
+    """The newest ``last`` runs of one experiment: status, shown metrics, the val_dice history, UI links."""
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=last)
+    print(f"\nexperiment '{exp.name}' (id {exp.experiment_id}), newest {len(runs)} run(s):")
+    for run in runs:
+        metrics = run.data.metrics
+        shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in _SHOWN_METRICS if k in metrics)
+        print(f"  {run.info.run_name}  [{run.info.status}]  id={run.info.run_id}  {shown}")
+        if "val_dice" in metrics:
+            history = client.get_metric_history(run.info.run_id, "val_dice")
+            print(f"    val_dice per epoch ({len(history)} values): "
+                  + " ".join(f"{m.value:.3f}" for m in sorted(history, key=lambda m: m.step)))
+    with_dice = [run.info.run_id for run in runs if "val_dice" in run.data.metrics][:2]
+    for name, url in compare_links(exp.experiment_id, with_dice).items():
+        print(f"  {name}: {url}" + ("  (the newest two runs with val_dice)" if name == "compare" else ""))
+
+
 def _runs(args: argparse.Namespace) -> int:
     import mlflow
 
@@ -49,19 +69,7 @@ def _runs(args: argparse.Namespace) -> int:
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         print(f"artifacts:    {tracking.artifact_location()}")
     for exp in experiments:
-        runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=args.last)
-        print(f"\nexperiment '{exp.name}' (id {exp.experiment_id}), newest {len(runs)} run(s):")
-        for run in runs:
-            metrics = run.data.metrics
-            shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in _SHOWN_METRICS if k in metrics)
-            print(f"  {run.info.run_name}  [{run.info.status}]  id={run.info.run_id}  {shown}")
-            if "val_dice" in metrics:
-                history = client.get_metric_history(run.info.run_id, "val_dice")
-                print(f"    val_dice per epoch ({len(history)} values): "
-                      + " ".join(f"{m.value:.3f}" for m in sorted(history, key=lambda m: m.step)))
-        with_dice = [run.info.run_id for run in runs if "val_dice" in run.data.metrics][:2]
-        for name, url in compare_links(exp.experiment_id, with_dice).items():
-            print(f"  {name}: {url}" + ("  (the newest two runs with val_dice)" if name == "compare" else ""))
+        _print_experiment(client, exp, args.last)
     print(f"\nopen the UI:  {tracking.ui_command()}")
     print("then browse http://127.0.0.1:5000 (pick runs and press 'Compare' to see val_dice side by side)")
     return 0

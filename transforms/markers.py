@@ -555,13 +555,27 @@ def _read_slicer(path: str) -> tuple[np.ndarray, str]:
     return np.asarray(points, dtype=np.float64).reshape(-1, 3), systems.pop() if systems else "LPS"
 
 
-def read_markers(
-    path: str | os.PathLike,
-    image_affine: Any = None,
-    space: str | None = None,
-    spatial_shape: Sequence[int] | None = None,
-    image_space: str = "RAS",
-) -> np.ndarray:
+def _read_points(path: str, space: str | None) -> tuple[np.ndarray, str]:
+    """The points of a markers file and their coordinate space (checked against the requested ``space``)."""
+    if path.lower().endswith(".json"):
+        points, file_space = _read_slicer(path)
+        if space is not None and space != file_space:
+            raise ValueError(f"markers file '{path}' is in {file_space} coordinates, but space={space!r} was asked.")
+        return points, file_space
+    if not path.lower().endswith(".csv"):
+        raise ValueError(f"markers file '{path}' must be a .csv or a 3D Slicer .mrk.json file.")
+    points, columns = _read_csv(path)
+    if columns == "ijk":
+        if space not in (None, "voxel"):
+            raise ValueError(f"markers file '{path}' has i,j,k voxel columns, but space={space!r} was asked.")
+        return points, "voxel"
+    if space is None:
+        raise ValueError(f"markers file '{path}' has x,y,z columns: pass space='voxel', 'RAS' or 'LPS'.")
+    return points, space
+
+
+def read_markers(path: str | os.PathLike, image_affine: Any = None, space: str | None = None,
+                 spatial_shape: Sequence[int] | None = None, image_space: str = "RAS") -> np.ndarray:
     """
     Read marker points from a CSV or 3D Slicer ``.mrk.json`` file as voxel indices.
 
@@ -598,21 +612,7 @@ def read_markers(
     if space is not None:
         space = look_up_option(space, _SPACES)
     image_space = look_up_option(image_space, _SPACES[1:])
-    if path.lower().endswith(".json"):
-        points, file_space = _read_slicer(path)
-        if space is not None and space != file_space:
-            raise ValueError(f"markers file '{path}' is in {file_space} coordinates, but space={space!r} was asked.")
-        space = file_space
-    elif path.lower().endswith(".csv"):
-        points, columns = _read_csv(path)
-        if columns == "ijk":
-            if space not in (None, "voxel"):
-                raise ValueError(f"markers file '{path}' has i,j,k voxel columns, but space={space!r} was asked.")
-            space = "voxel"
-        elif space is None:
-            raise ValueError(f"markers file '{path}' has x,y,z columns: pass space='voxel', 'RAS' or 'LPS'.")
-    else:
-        raise ValueError(f"markers file '{path}' must be a .csv or a 3D Slicer .mrk.json file.")
+    points, space = _read_points(path, space)
     if len(points) == 0:
         raise ValueError(f"markers file '{path}' contains no point.")
     if space != "voxel":

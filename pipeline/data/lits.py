@@ -58,7 +58,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from pipeline.io.datasets import LITS_SEGMENTATION_RE, LITS_VOLUME_RE, LayoutError, index_lits
+from pipeline.io.datasets import LITS_SEGMENTATION_RE, LITS_VOLUME_RE, index_lits
 from pipeline.io.files import nifti_image
 
 from .scaffold import (

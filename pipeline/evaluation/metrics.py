@@ -2,7 +2,8 @@
 MONAI metrics and ignite metric handlers.
 
 MONAI's ``ConfusionMatrixMetric`` keeps raw confusion counts in its buffer, so per-case values (for the CSVs that
-:class:`pipeline.training.handlers.PerCaseMetrics` writes) are not available from it. :class:`OverlapRatioMetric` keeps one
+:class:`pipeline.training.handlers.PerCaseMetrics` writes) are not available from it. :class:`OverlapRatioMetric`
+keeps one
 value per case and channel instead, like ``DiceMetric`` does, and :class:`Precision` / :class:`Recall` wrap it as
 handlers with the same arguments as ``monai.handlers.MeanDice``.
 
@@ -31,7 +32,8 @@ __all__ = ["OverlapRatioMetric", "Precision", "Recall", "dice_jaccard", "mask_sc
 _KINDS = ("precision", "recall")
 
 
-def mask_scores(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor, empty: float = 1.0) -> dict[str, float]:
+def mask_scores(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor,
+                empty: float = 1.0) -> dict[str, float]:
     """Dice, Jaccard (``|A∩B|/|A∪B|``), precision and recall of a binary mask ``pred`` against ``ref``.
 
     A score whose denominator is zero (Dice and Jaccard when both masks are empty, precision for an empty ``pred``,

@@ -17,9 +17,11 @@ shared with other work the wall time grows while the CPU time stays about the sa
 
 Command line::
 
-    python -m pipeline.experiments.brats_table sweep [--betas 0 1e-7 1e-6 1e-5] [--out DIR] [--models DIR] [--skip-train]
+    python -m pipeline.experiments.brats_table sweep [--betas 0 1e-7 1e-6 1e-5] [--out DIR] [--models DIR]
+    [--skip-train]
                                          [--key value ...]
-    python -m pipeline.experiments.brats_table bias [--methods unsup_plain unsup_bias] [--out DIR] [--models DIR] [--skip-train]
+    python -m pipeline.experiments.brats_table bias [--methods unsup_plain unsup_bias] [--out DIR] [--models DIR]
+    [--skip-train]
                                         [--key value ...]
 """
 
@@ -232,7 +234,8 @@ def run_bias(out: Path, overrides: Sequence[str], skip_train: bool = False, mode
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.experiments.brats_table", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.experiments.brats_table",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("table", choices=["sweep", "bias"], help="β sweep (Table V) or unsupervised bias comparison")
     parser.add_argument("--betas", nargs="+", type=float, default=list(DEFAULT_BETAS),
                         help="β_paper values of the sweep (default: 0 1e-7 1e-6 1e-5)")

@@ -1,6 +1,7 @@
 """Running bundle configs from the table commands: one ``monai.bundle run`` subprocess, and ``--key value`` overrides.
 
-Shared by :mod:`pipeline.experiments.selective_table`, :mod:`pipeline.experiments.refine_table`, :mod:`pipeline.experiments.brats_table` and
+Shared by :mod:`pipeline.experiments.selective_table`, :mod:`pipeline.experiments.refine_table`,
+:mod:`pipeline.experiments.brats_table` and
 :mod:`pipeline.experiments.cascade`.
 """
 

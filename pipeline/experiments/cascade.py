@@ -347,7 +347,8 @@ def log_table(results: Sequence[Mapping[str, Any]], files: Sequence[Path], param
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.experiments.cascade") -> int:
-    """Command-line entry point (``python -m pipeline.experiments.cascade``, ``varseg cascade``); returns the exit status."""
+    """Command-line entry point (``python -m pipeline.experiments.cascade``, ``varseg cascade``); returns the exit
+    status."""
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__.split("\n\n")[0],
         epilog="Any other --key value pair overrides every bundle run, e.g. --lesion_max_epochs 5 or "

@@ -1,6 +1,7 @@
 """Evaluate a trained bundle on the small real sample cases that fit it.
 
-    python -m pipeline.experiments.real_eval <lits|lung|spect|brats> [--real-data DIR] [--out DIR] [--method m4|mode1] [--no-mlflow]
+    python -m pipeline.experiments.real_eval <lits|lung|spect|brats> [--real-data DIR] [--out DIR] [--method m4|mode1]
+    [--no-mlflow]
         [--key value ...]
 
 The real-data folder (``--real-data``, else ``VARSEG_REAL_DATA``, else ``../shared/data/real``; see
@@ -16,9 +17,11 @@ that fit a bundle are used, and only the comparisons their labels allow:
   nearest neighbour, :func:`label_on_grid`): the DICOM label is stored LAS while the series reads LPS.
 * **lung** (selective): the left-lung labels {10, 11} of ``example_seg.nii.gz`` on ``example_ct_sm.nii.gz`` (lung
   bases only). On each of up to 3 axial slices (RAS) with the largest left-lung region, clicks are simulated inside
-  that region with the bundle's slicer settings (seeded as :meth:`pipeline.selective.samples.SelectiveSlices.from_volume`
+  that region with the bundle's slicer settings (seeded as
+  :meth:`pipeline.selective.samples.SelectiveSlices.from_volume`
   seeds them), then the trained VM-Net (``--method``, default m4) and the per-image TV baseline (the bundle's TV
-  settings, ``mu`` = ``tv_real_mu`` of ``methods/tv.json``, the middle of ``tv_mu_grid``) segment it; Dice and Jaccard against the region, per slice.
+  settings, ``mu`` = ``tv_real_mu`` of ``methods/tv.json``, the middle of ``tv_mu_grid``) segment it; Dice and Jaccard
+  against the region, per slice.
 * **brats**: the four BraTS 2015 cases of ``c_brain_mr/deepmedic_brats2015/`` (FLAIR and T1c only, already z-scored
   inside the brain, 1 mm, with the brain mask and the manual labels ``OTMultiClass`` 0-4). The model trained on
   FLAIR + T1c phantoms (``methods/flair_t1ce.json``) segments each case with the settings of
@@ -252,7 +255,8 @@ def spect_applicability(path: str | Path) -> tuple[str, str | None]:
 
 
 def _load_config(bundle: str, method: str | None, overrides: Mapping[str, Any]) -> Any:
-    """The bundle's inference config (as :mod:`pipeline.inference.batch` builds it, then ``configs/real_eval.json`` where the
+    """The bundle's inference config (as :mod:`pipeline.inference.batch` builds it, then ``configs/real_eval.json``
+    where the
     bundle has one) with ``method`` and ``overrides`` set."""
     from monai.bundle import ConfigParser
 
@@ -518,63 +522,75 @@ _BRATS_COLUMNS = ["case", "grid_mm", "status", "reason", "dice", "jaccard", "pre
                   "tumour_ml_predicted", "tumour_ml_reference", "runtime_s", "mask"]
 
 
-def _evaluate_brats(config: Any, root: Path, out_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+def _brats_inputs(entry: Mapping[str, Any], normalize: Any) -> tuple[Any, Any, np.ndarray, np.ndarray, np.ndarray]:
+    """One real BraTS case in RAS: the first volume, the normalised image (0 outside the brain), brain, reference,
+    voxel spacing."""
+    import torch
+
+    from pipeline.io.volumes import CaseError, read_volume
+
+    case = str(entry["case"])
+    volumes = [read_volume(p) for p in entry["image"]]
+    image = torch.stack([torch.as_tensor(v.to_ras(), dtype=torch.float32) for v in volumes])
+    image = torch.as_tensor(normalize(image, source=f"case '{case}'"))
+    brain = read_volume(entry["mask"]).to_ras() > 0.5 if entry.get("mask") else \
+        (image != image.amin()).any(0).numpy()
+    image[:, ~torch.as_tensor(brain)] = 0.0
+    reference = read_volume(entry["label"]).to_ras() > 0
+    if reference.shape != brain.shape or image.shape[1:] != reference.shape:
+        raise CaseError(f"label {entry['label']} does not share the image grid {tuple(image.shape[1:])}")
+    return volumes[0], image, brain, reference, np.linalg.norm(volumes[0].ras_affine[:3, :3], axis=0)
+
+
+def _brats_predict(image: Any, spacing: np.ndarray, grid: float, inferer: Any, network: Any, device: Any) -> Any:
+    """Tumour class probabilities of ``image`` segmented on a ``grid`` mm grid, back on the image's grid."""
     import torch
     import torch.nn.functional as F
 
+    size = [max(16, int(round(n * s / grid))) for n, s in zip(image.shape[1:], spacing)]
+    x = image[None]
+    if list(size) != list(image.shape[1:]):
+        x = F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+    with torch.no_grad():
+        prob = torch.softmax(inferer(x.to(device), network).float().cpu(), dim=1)
+        if list(size) != list(image.shape[1:]):
+            prob = F.interpolate(prob, size=list(image.shape[1:]), mode="trilinear", align_corners=False)
+    return prob
+
+
+def _evaluate_brats(config: Any, root: Path, out_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     from pipeline.io.files import load_weights
     from pipeline.io.layouts import index_brats
-    from pipeline.io.volumes import CaseError, read_volume, write_mask
+    from pipeline.io.volumes import CaseError, write_mask
     from transforms import NormalizeModalities
 
     modalities = [str(m) for m in config.get_parsed_content("modalities")]
-    grids = [float(g) for g in config.get_parsed_content("real_eval_spacings_mm")]
     tumour = int(config.get_parsed_content("tumour_channel"))
     normalize = NormalizeModalities(modalities, already_normalized=bool(config.get_parsed_content(
         "already_normalized")), clip=config.get_parsed_content("intensity_clip"))
-    device = config.get_parsed_content("device")
-    network = config.get_parsed_content("network")
+    device, network = config.get_parsed_content("device"), config.get_parsed_content("network")
     load_weights(network, config.get_parsed_content("ckpt_path"), device)
     inferer = config.get_parsed_content("inferer")
-    entries = index_brats(root / BRATS_FOLDER, modalities=modalities)
     rows = []
-    for entry in entries:
+    for entry in index_brats(root / BRATS_FOLDER, modalities=modalities):
         case = str(entry["case"])
         try:
-            volumes = [read_volume(p) for p in entry["image"]]
-            first = volumes[0]
-            image = torch.stack([torch.as_tensor(v.to_ras(), dtype=torch.float32) for v in volumes])
-            image = torch.as_tensor(normalize(image, source=f"case '{case}'"))
-            brain = read_volume(entry["mask"]).to_ras() > 0.5 if entry.get("mask") else \
-                (image != image.amin()).any(0).numpy()
-            image[:, ~torch.as_tensor(brain)] = 0.0
-            reference = read_volume(entry["label"]).to_ras() > 0
-            if reference.shape != brain.shape or image.shape[1:] != reference.shape:
-                raise CaseError(f"label {entry['label']} does not share the image grid {tuple(image.shape[1:])}")
-            spacing = np.linalg.norm(first.ras_affine[:3, :3], axis=0)
-            voxel_ml = float(np.prod(spacing)) / 1000.0
+            first, image, brain, reference, spacing = _brats_inputs(entry, normalize)
         except (CaseError, ValueError, RuntimeError, OSError) as err:
             rows.append({"case": case, "status": "failed", "reason": one_line(err)[:300]})
             continue
-        for grid in grids:
+        voxel_ml = float(np.prod(spacing)) / 1000.0
+        for grid in [float(g) for g in config.get_parsed_content("real_eval_spacings_mm")]:
             start = time.perf_counter()
             row: dict[str, Any] = {"case": case, "grid_mm": grid}
             try:
-                size = [max(16, int(round(n * s / grid))) for n, s in zip(image.shape[1:], spacing)]
-                x = image[None]
-                if list(size) != list(image.shape[1:]):
-                    x = F.interpolate(x, size=size, mode="trilinear", align_corners=False)
-                with torch.no_grad():
-                    prob = torch.softmax(inferer(x.to(device), network).float().cpu(), dim=1)
-                    if list(size) != list(image.shape[1:]):
-                        prob = F.interpolate(prob, size=list(image.shape[1:]), mode="trilinear", align_corners=False)
+                prob = _brats_predict(image, spacing, grid, inferer, network, device)
                 pred = (prob[0].argmax(0) == tumour).numpy() & brain
                 mask = write_mask(first.from_ras(pred.astype(np.uint8)), first,
                                   out_dir / "masks" / f"{case}_tumour_grid{grid:g}mm.nii.gz", overwrite=True)
                 row.update(status="done", reason="", **mask_scores(pred, reference, empty=float("nan")),
                            tumour_ml_predicted=float(pred.sum()) * voxel_ml,
-                           tumour_ml_reference=float(reference.sum()) * voxel_ml,
-                           mask=str(Path("masks") / mask.name))
+                           tumour_ml_reference=float(reference.sum()) * voxel_ml, mask=str(Path("masks") / mask.name))
             except (CaseError, ValueError, RuntimeError, OSError) as err:
                 row.update(status="failed", reason=one_line(err)[:300])
             row["runtime_s"] = round(time.perf_counter() - start, 2)

@@ -150,14 +150,56 @@ def write_csv(path: Path, summaries: Mapping[str, Mapping[str, Any]], seconds: M
                              f"{seconds.get(name, float('nan')):.1f}"])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.experiments.refine_table", description=__doc__.split("\n\n")[0])
+def _run_variants(bundle: str, variants: Sequence[str], overrides: Sequence[str],
+                  seconds: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Train and evaluate every refinement variant; their ``summary.json`` contents (wall seconds into ``seconds``)."""
+    summaries: dict[str, dict[str, Any]] = {}
+    for name in variants:
+        variant_overrides = [*overrides, *VARIANTS[name][0]]
+        logger.info("%s: refinement variant %s", bundle, name)
+        seconds[name] = _run_bundle(config_files(bundle, refine=True), variant_overrides)
+        (output_dir,) = resolve(bundle, variant_overrides, "refine_output_dir")
+        summary_file = Path(output_dir) / "summary.json"
+        if not summary_file.is_file():
+            raise FileNotFoundError(f"{summary_file} not found: the {name} refinement run wrote no summary")
+        summaries[name] = json.loads(summary_file.read_text())
+        logger.info("%s %s: test Dice 0x %.3f -> k=%d %.3f (%.0f s)", bundle, name, summaries[name]["test_dice_0x"],
+                    summaries[name]["k_val"], summaries[name]["test_dice_valk"], seconds[name])
+    return summaries
+
+
+def _track_table(bundle: str, summaries: Mapping[str, Mapping[str, Any]], seconds: Mapping[str, float], out: Path,
+                 params: Mapping[str, Any]) -> None:
+    """One MLflow run tagged ``method=refine-table``: every variant's test figures, the table files."""
+    tracker = MLflowTracker(f"varseg-{bundle}", run_name=make_run_name(bundle, "refine-table"), bundle=bundle,
+                            params=dict(params), tags={"method": "refine-table", "workflow": "table"}, log_config=False)
+    tracker.start_run()
+    metrics: dict[str, float] = {f"{k}_seconds": v for k, v in seconds.items()}
+    for name, s in summaries.items():
+        for key in ("test_dice_0x", "test_dice_1x", "test_dice_2x", "test_dice_valk", "test_dice_valk_early_stop",
+                    "test_dice_bestk", "k_val", "pearson_r_cases_0x", "pearson_r_slices_0x",
+                    "pearson_r_slices_synthetic"):
+            metrics[f"{name}_{key}"] = float(s[key])
+    tracker.log_metrics(metrics)
+    for path in (out / "refine_table.md", out / "refine_table.csv"):
+        tracker.log_artifact(path)
+    tracker.end_run("FINISHED")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.experiments.refine_table",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", choices=BUNDLES, help="bundle whose base model is refined")
     parser.add_argument("--variants", nargs="+", default=["noq", "q"], choices=list(VARIANTS))
     parser.add_argument("--train-base", action="store_true", help="train the base model even if its checkpoint exists")
     parser.add_argument("--no-train-base", action="store_true",
                         help="never train the base model: fail (naming the command) when its checkpoint is missing")
     parser.add_argument("--out", default=None, help="table folder (default bundles/<bundle>/eval/refine)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args, overrides = parser.parse_known_args(argv)
     if len(overrides) % 2:
         parser.error(f"bundle overrides must be --key value pairs, got {overrides}")
@@ -173,19 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "asked" if args.train_base else f"{base_ckpt} missing")
         seconds["base"] = _run_bundle(config_files(args.bundle, refine=False), overrides)
         logger.info("%s: base model trained in %.0f s", args.bundle, seconds["base"])
-    summaries: dict[str, dict[str, Any]] = {}
-    for name in args.variants:
-        variant_overrides = [*overrides, *VARIANTS[name][0]]
-        logger.info("%s: refinement variant %s", args.bundle, name)
-        seconds[name] = _run_bundle(config_files(args.bundle, refine=True), variant_overrides)
-        (output_dir,) = resolve(args.bundle, variant_overrides, "refine_output_dir")
-        summary_file = Path(output_dir) / "summary.json"
-        if not summary_file.is_file():
-            raise FileNotFoundError(f"{summary_file} not found: the {name} refinement run wrote no summary")
-        summaries[name] = json.loads(summary_file.read_text())
-        logger.info("%s %s: test Dice 0x %.3f -> k=%d %.3f (%.0f s)", args.bundle, name,
-                    summaries[name]["test_dice_0x"], summaries[name]["k_val"], summaries[name]["test_dice_valk"],
-                    seconds[name])
+    summaries = _run_variants(args.bundle, args.variants, overrides, seconds)
     seconds["total"] = time.time() - start
     out = Path(args.out) if args.out else Path(bundle_root) / "eval" / "refine"
     out.mkdir(parents=True, exist_ok=True)
@@ -195,21 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               + f"; measured {time.strftime('%Y-%m-%d', time.gmtime())}.\n")
     (out / "refine_table.md").write_text(table + footer)
     write_csv(out / "refine_table.csv", summaries, seconds)
-    tracker = MLflowTracker(f"varseg-{args.bundle}", run_name=make_run_name(args.bundle, "refine-table"),
-                            bundle=args.bundle, params={"variants": args.variants, "train_base": "base" in seconds,
-                                                        "overrides": " ".join(overrides) or "none"},
-                            tags={"method": "refine-table", "workflow": "table"}, log_config=False)
-    tracker.start_run()
-    metrics: dict[str, float] = {f"{k}_seconds": v for k, v in seconds.items()}
-    for name, s in summaries.items():
-        for key in ("test_dice_0x", "test_dice_1x", "test_dice_2x", "test_dice_valk", "test_dice_valk_early_stop",
-                    "test_dice_bestk", "k_val", "pearson_r_cases_0x", "pearson_r_slices_0x",
-                    "pearson_r_slices_synthetic"):
-            metrics[f"{name}_{key}"] = float(s[key])
-    tracker.log_metrics(metrics)
-    for path in (out / "refine_table.md", out / "refine_table.csv"):
-        tracker.log_artifact(path)
-    tracker.end_run("FINISHED")
+    _track_table(args.bundle, summaries, seconds, out, {"variants": args.variants, "train_base": "base" in seconds,
+                                                        "overrides": " ".join(overrides) or "none"})
     print(table + footer)
     print(f"table: {out / 'refine_table.md'}")
     return 0

@@ -13,7 +13,8 @@ values) and gathers the overlay PNG of each method for the first test image, all
 Command line (further ``--key value`` pairs go to every bundle run, e.g. ``--max_epochs 100``; ``--output_dir`` is set
 per method to ``<eval-root>/<method>``)::
 
-    python -m pipeline.experiments.selective_table lung [--methods m1 m2 m3 m4 tv elastica dip] [--out DIR] [--skip-train]
+    python -m pipeline.experiments.selective_table lung [--methods m1 m2 m3 m4 tv elastica dip] [--out DIR]
+    [--skip-train]
     python -m pipeline.experiments.selective_table lits
 """
 
@@ -25,7 +26,7 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,12 +169,76 @@ def format_table(dataset: str, results: dict[str, dict[str, list[float]]], secon
     return "\n".join(lines) + "\n"
 
 
+def _run_methods(dataset: str, methods: Sequence[str], overrides: Sequence[str], root: Path,
+                 skip_train: bool) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
+    """Train (M1-M4, unless ``skip_train``) and evaluate every method; per-case test scores and wall seconds."""
+    results: dict[str, dict[str, list[float]]] = {}
+    seconds: dict[str, float] = {}
+    for method in methods:
+        start = time.time()
+        method_overrides = [*overrides, "--output_dir", str(root / method)]
+        if method in TRAINED_METHODS:
+            if not skip_train:
+                logger.info("%s: training", method)
+                train_with_restarts(dataset, method, method_overrides, root)
+            logger.info("%s: evaluating on the test images", method)
+            _run_bundle(config_files(dataset, method, evaluate=True), method_overrides)
+        else:
+            logger.info("%s: validation, then each test image", method)
+            _run_bundle(config_files(dataset, method, evaluate=False), method_overrides)
+        seconds[method] = time.time() - start
+        results[method] = _read_test(root / method / "per_case_test_metrics.csv")
+        logger.info("%s: test Dice %.3f ± %.3f (%.0f s)", method, np.mean(results[method]["dice"]),
+                    np.std(results[method]["dice"]), seconds[method])
+    return results, seconds
+
+
+def _write_table(dataset: str, results: Mapping[str, Mapping[str, list[float]]], seconds: Mapping[str, float],
+                 root: Path, out: Path) -> str:
+    """``selective_table.md`` / ``.csv`` and the overlays in ``out``; returns the Markdown table."""
+    table = format_table(dataset, results, seconds)
+    (out / "selective_table.md").write_text(table)
+    with (out / "selective_table.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["method", "dice_mean", "dice_std", "jaccard_mean", "jaccard_std", "paper_dice_mean",
+                         "paper_dice_std", "paper_jaccard_mean", "paper_jaccard_std", "wall_seconds"])
+        for method, res in results.items():
+            d, j = np.asarray(res["dice"]), np.asarray(res["jaccard"])
+            writer.writerow([method, f"{d.mean():.4f}", f"{d.std():.4f}", f"{j.mean():.4f}", f"{j.std():.4f}",
+                             *PAPER[dataset][method], f"{seconds[method]:.1f}"])
+    (out / "overlays").mkdir(exist_ok=True)
+    for method in results:
+        png = root / method / f"overlay_{method}.png"
+        if png.is_file():
+            shutil.copy2(png, out / "overlays" / png.name)
+    return table
+
+
+def _track_table(dataset: str, results: Mapping[str, Mapping[str, list[float]]], out: Path,
+                 params: Mapping[str, Any]) -> None:
+    """One MLflow run tagged ``method=table`` with every method's test scores and the table files."""
+    bundle = "lung" if dataset == "lung" else "lits"
+    experiment = "varseg-lung" if dataset == "lung" else "varseg-lits-selective"
+    tracker = MLflowTracker(experiment, run_name=make_run_name(bundle, "table", dataset), bundle=bundle,
+                            params=dict(params), tags={"method": "table", "workflow": "table"}, log_config=False)
+    tracker.start_run()
+    for method, res in results.items():
+        tracker.log_metrics({f"{method}_test_dice": float(np.mean(res["dice"])),
+                             f"{method}_test_dice_std": float(np.std(res["dice"])),
+                             f"{method}_test_jaccard": float(np.mean(res["jaccard"])),
+                             f"{method}_test_jaccard_std": float(np.std(res["jaccard"]))})
+    for path in (out / "selective_table.md", out / "selective_table.csv", out / "overlays"):
+        tracker.log_artifact(path)
+    tracker.end_run("FINISHED")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.experiments.selective_table", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.experiments.selective_table",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", choices=["lung", "lits"], help="lung bundle or the LiTS bundle's selective mode")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--eval-root", default=None,
-                        help="folder of the per-method outputs (default bundles/lung/eval or bundles/lits/eval/selective)")
+    parser.add_argument("--eval-root", default=None, help="folder of the per-method outputs (default bundles/lung/eval "
+                                                          "or bundles/lits/eval/selective)")
     parser.add_argument("--out", default=None, help="table folder (default <eval-root>/table)")
     parser.add_argument("--skip-train", action="store_true", help="evaluate existing M1-M4 checkpoints only")
     args, overrides = parser.parse_known_args(argv)
@@ -183,55 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(args.eval_root) if args.eval_root else eval_root(args.dataset)
     out = Path(args.out) if args.out else root / "table"
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, list[float]]] = {}
-    seconds: dict[str, float] = {}
-    for method in args.methods:
-        start = time.time()
-        method_overrides = [*overrides, "--output_dir", str(root / method)]
-        if method in TRAINED_METHODS:
-            if not args.skip_train:
-                logger.info("%s: training", method)
-                train_with_restarts(args.dataset, method, method_overrides, root)
-            logger.info("%s: evaluating on the test images", method)
-            _run_bundle(config_files(args.dataset, method, evaluate=True), method_overrides)
-        else:
-            logger.info("%s: validation, then each test image", method)
-            _run_bundle(config_files(args.dataset, method, evaluate=False), method_overrides)
-        seconds[method] = time.time() - start
-        results[method] = _read_test(root / method / "per_case_test_metrics.csv")
-        logger.info("%s: test Dice %.3f ± %.3f (%.0f s)", method, np.mean(results[method]["dice"]),
-                    np.std(results[method]["dice"]), seconds[method])
-    table = format_table(args.dataset, results, seconds)
-    (out / "selective_table.md").write_text(table)
-    with (out / "selective_table.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["method", "dice_mean", "dice_std", "jaccard_mean", "jaccard_std", "paper_dice_mean",
-                         "paper_dice_std", "paper_jaccard_mean", "paper_jaccard_std", "wall_seconds"])
-        for method, res in results.items():
-            d, j = np.asarray(res["dice"]), np.asarray(res["jaccard"])
-            writer.writerow([method, f"{d.mean():.4f}", f"{d.std():.4f}", f"{j.mean():.4f}", f"{j.std():.4f}",
-                             *PAPER[args.dataset][method], f"{seconds[method]:.1f}"])
-    overlays = out / "overlays"
-    overlays.mkdir(exist_ok=True)
-    for method in results:
-        png = root / method / f"overlay_{method}.png"
-        if png.is_file():
-            shutil.copy2(png, overlays / png.name)
-    experiment = "varseg-lung" if args.dataset == "lung" else "varseg-lits-selective"
-    bundle = "lung" if args.dataset == "lung" else "lits"
-    tracker = MLflowTracker(experiment, run_name=make_run_name(bundle, "table", args.dataset), bundle=bundle,
-                            params={"methods": args.methods, "overrides": " ".join(overrides) or "none",
-                                    "skip_train": args.skip_train},
-                            tags={"method": "table", "workflow": "table"}, log_config=False)
-    tracker.start_run()
-    for method, res in results.items():
-        tracker.log_metrics({f"{method}_test_dice": float(np.mean(res["dice"])),
-                             f"{method}_test_dice_std": float(np.std(res["dice"])),
-                             f"{method}_test_jaccard": float(np.mean(res["jaccard"])),
-                             f"{method}_test_jaccard_std": float(np.std(res["jaccard"]))})
-    for path in (out / "selective_table.md", out / "selective_table.csv", overlays):
-        tracker.log_artifact(path)
-    tracker.end_run("FINISHED")
+    results, seconds = _run_methods(args.dataset, args.methods, overrides, root, args.skip_train)
+    table = _write_table(args.dataset, results, seconds, root, out)
+    _track_table(args.dataset, results, out, {"methods": args.methods, "overrides": " ".join(overrides) or "none",
+                                              "skip_train": args.skip_train})
     print(table)
     print(f"table: {out / 'selective_table.md'}")
     return 0

@@ -7,7 +7,8 @@ cases) to ``--out`` and logs them with the metrics as an MLflow run (tag ``metho
 
 Command line (any further ``--key value`` pairs are passed to every bundle run, e.g. ``--iterations 2``)::
 
-    python -m pipeline.experiments.spect_table [--out DIR] [--modes 1 2 3 4] [--skip-train] [--max_epochs N] [--key value ...]
+    python -m pipeline.experiments.spect_table [--out DIR] [--modes 1 2 3 4] [--skip-train] [--max_epochs N] [--key
+    value ...]
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def write_table(results: dict[str, dict[str, list[float]]], out: Path, times: di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.experiments.spect_table", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.experiments.spect_table",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None, help="output folder (default bundles/spect/eval/table)")
     parser.add_argument("--modes", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
     parser.add_argument("--skip-train", action="store_true", help="evaluate existing checkpoints only")

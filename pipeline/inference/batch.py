@@ -465,20 +465,10 @@ class _Batch:
     markers: Path | None
 
 
-def run_batch(
-    entries: Sequence[Mapping[str, Any]],
-    predict: Callable[[Any, Mapping[str, Any]], np.ndarray],
-    output_dir: str | Path,
-    postfix: str,
-    *,
-    overwrite: bool = False,
-    csv_name: str = "cases.csv",
-    labels: Mapping[Any, Any] | Sequence[int] | None = None,
-    identify: bool = False,
-    progress: bool = True,
-    tracker: Any = None,
-    markers: str | Path | None = None,
-) -> BatchReport:
+def run_batch(entries: Sequence[Mapping[str, Any]], predict: Callable[[Any, Mapping[str, Any]], np.ndarray],
+              output_dir: str | Path, postfix: str, *, overwrite: bool = False, csv_name: str = "cases.csv",
+              labels: Mapping[Any, Any] | Sequence[int] | None = None, identify: bool = False, progress: bool = True,
+              tracker: Any = None, markers: str | Path | None = None) -> BatchReport:
     """Segment every entry, one mask and one CSV row per case; failures are rows, never crashes (module docstring).
 
     Per entry (from :func:`pipeline.io.layouts.index_inputs`): an existing ``<output_dir>/<case>_<postfix>.nii.gz``

@@ -13,7 +13,8 @@ intensity transform → :class:`pipeline.inference.inferers.AdjacentSliceInferer
 * :class:`SelectivePredictor`: the lung (selective) VM-Net on every axial slice that holds clicks from the case's
   markers file (``entry["markers"]``).
 
-Checkpoints are loaded by :meth:`load` (called once by :func:`pipeline.inference.batch.execute` after it has checked that the
+Checkpoints are loaded by :meth:`load` (called once by :func:`pipeline.inference.batch.execute` after it has checked
+that the
 file exists), so building a predictor from a config never touches the disk.
 """
 
@@ -113,17 +114,10 @@ class SlicePredictor:
         return np.ascontiguousarray(first.from_ras(labels.astype(np.uint8)))
 
 
-def lits_predictor(
-    network: torch.nn.Module,
-    ckpt_path: str | Path | None,
-    hu_window: Sequence[float] = (-124.0, 276.0),
-    num_slices: int = 3,
-    batch_size: int = 32,
-    target_labels: Sequence[int] = (0, 0, 1),
-    device: str | torch.device = "cpu",
-    divisible: int = 16,
-    inferer: Any = None,
-) -> SlicePredictor:
+def lits_predictor(network: torch.nn.Module, ckpt_path: str | Path | None,
+                   hu_window: Sequence[float] = (-124.0, 276.0), num_slices: int = 3, batch_size: int = 32,
+                   target_labels: Sequence[int] = (0, 0, 1), device: str | torch.device = "cpu", divisible: int = 16,
+                   inferer: Any = None) -> SlicePredictor:
     """The LiTS predictor: HU window → [0, 1], 2.5D network, softmax, argmax, class ``c`` → ``target_labels[c]``.
 
     The same steps as the former ``inference.json`` pipeline (``HUWindowd``, ``Activationsd(softmax)``,
@@ -269,7 +263,8 @@ def segment_selective(
 class SelectivePredictor:
     """The lung (selective) predictor: a trained VM-Net on the clicked slices of each case.
 
-    ``entry["markers"]`` (set by :func:`pipeline.inference.batch.run_batch` from ``--markers``) is the case's markers file.
+    ``entry["markers"]`` (set by :func:`pipeline.inference.batch.run_batch` from ``--markers``) is the case's markers
+    file.
 
     Args:
         network: the VM-Net.

@@ -3,7 +3,8 @@
 :func:`window_stack` does what ``HUWindow`` followed by ``StackAdjacentSlices`` does to a whole volume, but writes the
 windowed volume once, slice-major, with ``num_slices // 2`` replicated slices at each end, and returns the stacked
 samples as a strided *view* of it: sample ``z`` channel ``c`` is slice ``z + c - num_slices // 2`` (edges
-replicated), so the ``k``-fold stack costs no memory and no time. Paired with :func:`pipeline.io.volumes.read_nifti_array`
+replicated), so the ``k``-fold stack costs no memory and no time. Paired with
+:func:`pipeline.io.volumes.read_nifti_array`
 (ISA-L inflate, no copy) this is the data path measured by ``bench/data_path.py``.
 """
 

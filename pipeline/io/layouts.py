@@ -41,7 +41,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -669,42 +669,49 @@ def index_brats(root: str | Path, modalities: Sequence[str] | None = BRATS_MODAL
     cases = _brats_cases(folder)
     if not cases:
         raise LayoutError(f"no BraTS cases under {folder}; {_found_names(folder)}; {_BRATS_EXPECTED}")
-    if wanted is None:
-        wanted = [m for m in BRATS_MODALITIES if all(m in c["files"] for c in cases.values())]
-        if not wanted:
-            found = "; ".join(f"{n}: {', '.join(_found_modalities(c))}" for n, c in list(cases.items())[:5])
-            raise LayoutError(f"the BraTS cases under {folder} have no modality in common; {found}")
-        partial = sorted({m for c in cases.values() for m in c["files"] if m in BRATS_MODALITIES} - set(wanted))
-        if partial:
-            logger.warning("BraTS cases under %s: %s present in some cases only; using %s", folder,
-                           ", ".join(partial), ", ".join(wanted))
-    datalist = []
-    for name, case in cases.items():
-        files, found = case["files"], _found_modalities(case)
-        missing = [m for m in wanted if m not in files]
-        if missing and missing_modalities == "raise":
-            raise LayoutError(f"BraTS case folder {case['folder']} lacks modality {', '.join(missing)} (requested "
-                              f"{', '.join(wanted)}; found {', '.join(found)}); pass modalities=({', '.join(found)}) "
-                              f"to use what is there")
-        if missing:
-            logger.warning("BraTS case folder %s lacks modality %s (found %s)", case["folder"], ", ".join(missing),
-                           ", ".join(found))
-        if require_labels and "label" not in files:
-            raise LayoutError(f"BraTS case folder {case['folder']} has no label (_seg, -seg, OT or OTMultiClass file); "
-                              f"pass require_labels=False for unlabelled cases")
-        images = [str(files[m]) if m in files else "" for m in wanted]
-        entry: dict[str, Any] = {"case": name, "image": images}
-        if missing:
-            entry["missing_modalities"] = missing
-        if "label" in files:
-            entry["label"] = str(files["label"])
-        if "mask" in files:
-            entry["mask"] = str(files["mask"])
-        kinds = {_image_kind(p) for p in images if p}
-        entry.update({"kind": "nifti" if kinds == {"nifti"} else "itk", "layout": "brats", "modalities": list(wanted),
-                      "label_convention": _CONVENTIONS[case["scheme"]]})
-        datalist.append(entry)
-    return datalist
+    wanted = wanted if wanted is not None else _common_modalities(cases, folder)
+    return [_brats_entry(name, case, wanted, require_labels, missing_modalities) for name, case in cases.items()]
+
+
+def _common_modalities(cases: Mapping[str, dict[str, Any]], folder: Path) -> list[str]:
+    """The modalities every case has (order t1, t1ce, t2, flair); a warning names those only some cases have."""
+    wanted = [m for m in BRATS_MODALITIES if all(m in c["files"] for c in cases.values())]
+    if not wanted:
+        found = "; ".join(f"{n}: {', '.join(_found_modalities(c))}" for n, c in list(cases.items())[:5])
+        raise LayoutError(f"the BraTS cases under {folder} have no modality in common; {found}")
+    partial = sorted({m for c in cases.values() for m in c["files"] if m in BRATS_MODALITIES} - set(wanted))
+    if partial:
+        logger.warning("BraTS cases under %s: %s present in some cases only; using %s", folder, ", ".join(partial),
+                       ", ".join(wanted))
+    return wanted
+
+
+def _brats_entry(name: str, case: Mapping[str, Any], wanted: Sequence[str], require_labels: bool,
+                 missing_modalities: str) -> dict[str, Any]:
+    """The datalist entry of one BraTS case folder (see :func:`index_brats`)."""
+    files, found = case["files"], _found_modalities(case)
+    missing = [m for m in wanted if m not in files]
+    if missing and missing_modalities == "raise":
+        raise LayoutError(f"BraTS case folder {case['folder']} lacks modality {', '.join(missing)} (requested "
+                          f"{', '.join(wanted)}; found {', '.join(found)}); pass modalities=({', '.join(found)}) "
+                          f"to use what is there")
+    if missing:
+        logger.warning("BraTS case folder %s lacks modality %s (found %s)", case["folder"], ", ".join(missing),
+                       ", ".join(found))
+    if require_labels and "label" not in files:
+        raise LayoutError(f"BraTS case folder {case['folder']} has no label (_seg, -seg, OT or OTMultiClass file); "
+                          f"pass require_labels=False for unlabelled cases")
+    images = [str(files[m]) if m in files else "" for m in wanted]
+    entry: dict[str, Any] = {"case": name, "image": images}
+    if missing:
+        entry["missing_modalities"] = missing
+    for key in ("label", "mask"):
+        if key in files:
+            entry[key] = str(files[key])
+    kinds = {_image_kind(p) for p in images if p}
+    entry.update({"kind": "nifti" if kinds == {"nifti"} else "itk", "layout": "brats", "modalities": list(wanted),
+                  "label_convention": _CONVENTIONS[case["scheme"]]})
+    return entry
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -808,15 +815,25 @@ def index_inputs(path: str | Path, layout: str = "auto", *, modalities: Sequence
                           "which has one image per case")
     if require_labels and chosen in ("file", "folder", "dicom"):
         raise LayoutError(f"labels are required but {source} is in the '{chosen}' layout, which has no labels")
-    if chosen == "file":
-        if source.is_dir():
-            raise LayoutError(f"layout 'file' needs a file, but {source} is a folder")
-        if _image_kind(source) is None and not source.name.lower().endswith(".json"):
-            from pipeline.io.volumes import is_dicom_file
+    return _index_layout(source, chosen, modalities, require_labels, identify, missing_modalities)
 
-            if is_dicom_file(source):
-                return index_dicom(source, identify=identify)
-        return [_file_entry(source)]
+
+def _index_file(source: Path, identify: bool) -> list[dict[str, Any]]:
+    if source.is_dir():
+        raise LayoutError(f"layout 'file' needs a file, but {source} is a folder")
+    if _image_kind(source) is None and not source.name.lower().endswith(".json"):
+        from pipeline.io.volumes import is_dicom_file
+
+        if is_dicom_file(source):
+            return index_dicom(source, identify=identify)
+    return [_file_entry(source)]
+
+
+def _index_layout(source: Path, chosen: str, modalities: Sequence[str] | None, require_labels: bool, identify: bool,
+                  missing_modalities: str) -> list[dict[str, Any]]:
+    """The datalist of ``source`` read in layout ``chosen`` (arguments as :func:`index_inputs`)."""
+    if chosen == "file":
+        return _index_file(source, identify)
     if chosen == "folder":
         return index_nifti_folder(source)
     if chosen == "dicom":
@@ -830,8 +847,5 @@ def index_inputs(path: str | Path, layout: str = "auto", *, modalities: Sequence
         return index_brats(source, modalities=modalities, require_labels=require_labels,
                            missing_modalities=missing_modalities)
     _require_folder(source, f"{chosen} folder")
-    if chosen == "lits":
-        return _tag(index_lits(source, require_labels=require_labels), "lits", "nifti")
-    if chosen == "learn2reg":
-        return _tag(index_lung(source, require_labels=require_labels), "learn2reg", "nifti")
-    return _tag(index_spect(source, require_labels=require_labels), "spect", "nifti")
+    indexers = {"lits": index_lits, "learn2reg": index_lung, "spect": index_spect}
+    return _tag(indexers[chosen](source, require_labels=require_labels), chosen, "nifti")

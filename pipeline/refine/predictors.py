@@ -15,8 +15,8 @@ from pipeline.refine.workflow import RefineCase
 __all__ = ["RefinePredictor", "SelectiveRefinePredictor", "load_refinement"]
 
 
-def load_refinement(network: torch.nn.Module, ckpt_path: str | Path, iterations: int | None,
-                    early_stop: bool | None, device: str | torch.device = "cpu") -> tuple[int, bool]:
+def load_refinement(network: torch.nn.Module, ckpt_path: str | Path, iterations: int | None, early_stop: bool | None,
+                    device: str | torch.device = "cpu") -> tuple[int, bool]:
     """Load a refinement checkpoint into ``network``; return ``(k, early_stop)``.
 
     ``early_stop`` None takes the checkpoint's recommendation (``"early_stop"``: True where the early stop did at
@@ -36,6 +36,11 @@ def load_refinement(network: torch.nn.Module, ckpt_path: str | Path, iterations:
     load_weights(network, ckpt_path, device)
     if iterations is not None and early_stop is not None:
         return int(iterations), bool(early_stop)
+    return _chosen_k(ckpt_path, iterations, early_stop)
+
+
+def _chosen_k(ckpt_path: Path, iterations: int | None, early_stop: bool | None) -> tuple[int, bool]:
+    """``(k, early_stop)`` of a refinement checkpoint, each taken from it where the caller gave None."""
     state = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
     state = state if isinstance(state, Mapping) else {}
     if early_stop is None:
@@ -49,12 +54,14 @@ def load_refinement(network: torch.nn.Module, ckpt_path: str | Path, iterations:
 
 
 class RefinePredictor:
-    """Wrap a bundle's :class:`pipeline.inference.predictors.SlicePredictor`: base mask, ``k`` refinement steps, quality.
+    """Wrap a bundle's :class:`pipeline.inference.predictors.SlicePredictor`: base mask, ``k`` refinement steps,
+    quality.
 
     ``predictor(volume, entry) -> (mask, quality)``: the base predictor's intensity transform and network give the
     base mask (label ``> 0`` of its post-processing), the refinement network refines it ``iterations`` times (with
     the early stop if asked) and the mask is returned in the volume's own voxel order, with the predicted per-case
-    quality of the returned mask. :func:`pipeline.inference.batch.run_batch` writes that quality in the ``quality`` column.
+    quality of the returned mask. :func:`pipeline.inference.batch.run_batch` writes that quality in the ``quality``
+    column.
 
     Args:
         base: the bundle's slice predictor (its ``load`` loads the base checkpoint).
@@ -110,7 +117,8 @@ class RefinePredictor:
 class SelectiveRefinePredictor:
     """Refinement on top of the lung (selective) predictor: each clicked slice's VM-Net mask, refined ``k`` times.
 
-    ``predictor(volume, entry) -> (mask, quality)``: :class:`pipeline.inference.predictors.SelectivePredictor` segments every
+    ``predictor(volume, entry) -> (mask, quality)``: :class:`pipeline.inference.predictors.SelectivePredictor`
+    segments every
     axial slice holding clicks; each slice's mask is refined from the slice's network input ``(f, G)`` and the
     returned quality is the mean of the refined slices' predicted qualities, weighted by each refined mask's area
     (most volumes have clicks on one slice only, where it is that slice's quality).

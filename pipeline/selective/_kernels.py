@@ -1,4 +1,5 @@
-"""Fused per-pixel kernels of the TV-ADMM and elastica-ALM sweeps (:mod:`pipeline.selective.baselines`), compiled with numba.
+"""Fused per-pixel kernels of the TV-ADMM and elastica-ALM sweeps (:mod:`pipeline.selective.baselines`), compiled with
+numba.
 
 Each kernel does in one pass over the image what the NumPy form of the sweep does with a dozen temporaries: the
 same forward differences (zero in the last row / column), the same divergence (minus their adjoint) and the same

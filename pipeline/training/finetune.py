@@ -4,7 +4,8 @@
   generated on first use.
 * :func:`unlabelled` - copies of a datalist with ``labelled = False`` on every case (Mode 1).
 * :func:`prepare_finetune` - load an initial checkpoint into a network and freeze its first block(s) (Modes 2, 3).
-* :class:`LabelledSlices` - the first ``n`` slice samples of a :class:`pipeline.training.slicing.SliceDataset` whose label
+* :class:`LabelledSlices` - the first ``n`` slice samples of a :class:`pipeline.training.slicing.SliceDataset` whose
+  label
   contains foreground, all flagged labelled (Modes 2, 3: 10 or 80 labelled slices).
 * :class:`LabelOnlyLoss` - ``loss(pred, image, label, labelled)`` with only the active-contour label term.
 """

@@ -1,7 +1,8 @@
 """2.5D training samples: :class:`SliceDataset` turns a datalist of volumes into 2D samples of ``k`` adjacent
 slices per input channel (the centre slice's label as target), with the per-case ``labelled`` flag carried along.
 
-The way back, a 2D network run over every slice of a volume, is :class:`pipeline.inference.inferers.AdjacentSliceInferer`.
+The way back, a 2D network run over every slice of a volume, is
+:class:`pipeline.inference.inferers.AdjacentSliceInferer`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ creates a new run with a unique name (never appends to an older run, RUNNING or 
 is given plus library versions and the git commit, per-epoch metrics, the merged bundle config and any artifacts,
 and marks the run FINISHED, FAILED (exception) or KILLED (Ctrl-C).
 
-The one exception is an explicit resume: :class:`pipeline.training.handlers.TrainingCheckpoint` stores the run id in every
+The one exception is an explicit resume: :class:`pipeline.training.handlers.TrainingCheckpoint` stores the run id in
+every
 checkpoint and, with ``resume=True``, calls :meth:`MLflowTracker.resume_run` so that the training goes on in *that*
 run: it is set RUNNING again, metric points logged after the checkpoint's epoch (by the interrupted process) are
 deleted (:func:`truncate_metric_history`), and the resumed epochs are logged at their own steps, so the history
@@ -266,7 +267,8 @@ class MLflowTracker:
     handler lists): the trainer's start opens the run, its end closes it; evaluator metrics are logged at the
     trainer's epoch as step. Attached to a lone evaluator (an evaluation bundle), the evaluator opens and closes it.
 
-    :meth:`resume_run` (called by :class:`pipeline.training.handlers.TrainingCheckpoint` on an explicit resume) makes the next
+    :meth:`resume_run` (called by :class:`pipeline.training.handlers.TrainingCheckpoint` on an explicit resume) makes
+    the next
     start reopen an existing run instead of creating one.
 
     Args:
@@ -286,19 +288,11 @@ class MLflowTracker:
             More can be added with :meth:`add_end_callback`.
     """
 
-    def __init__(
-        self,
-        experiment_name: str,
-        run_name: str | None = None,
-        bundle: str = "varseg",
-        params: Mapping[str, Any] | None = None,
-        tags: Mapping[str, Any] | None = None,
-        store_dir: str | Path | None = None,
-        metric_names: Sequence[str] | None = None,
-        log_config: bool = True,
-        artifacts: Sequence[str | Path] | str | None = None,
-        artifact_callback: Callable[[MLflowTracker], None] | None = None,
-    ) -> None:
+    def __init__(self, experiment_name: str, run_name: str | None = None, bundle: str = "varseg",
+                 params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
+                 store_dir: str | Path | None = None, metric_names: Sequence[str] | None = None,
+                 log_config: bool = True, artifacts: Sequence[str | Path] | str | None = None,
+                 artifact_callback: Callable[[MLflowTracker], None] | None = None) -> None:
         self.experiment_name = experiment_name
         self.bundle = bundle
         self.run_name = run_name or make_run_name(bundle)

@@ -195,8 +195,8 @@ def test_real_eval_brats_on_the_deepmedic_sample(workspace):
     run_bundle(["--config_file", f"['{TRAIN}','{flair_t1ce}']", *ws["common"], "--ckpt_dir", str(models),
                 "--output_dir", str(ws["root"] / "ft_eval"), "--max_epochs", "1"], ws["env"])
     out = ws["root"] / "real"
-    cmd = [sys.executable, "-m", "pipeline.experiments.real_eval", "brats", "--out", str(out), "--ckpt_dir", str(models),
-           "--features", "4", "--num_threads", "2"]
+    cmd = [sys.executable, "-m", "pipeline.experiments.real_eval", "brats", "--out", str(out),
+           "--ckpt_dir", str(models), "--features", "4", "--num_threads", "2"]
     proc = subprocess.run(cmd, cwd=REPO, env=ws["env"], capture_output=True, encoding="utf-8", errors="replace",
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -214,8 +214,8 @@ def test_real_eval_brats_on_the_deepmedic_sample(workspace):
     assert "dice_mean.grid2.5mm" in summary["metrics"]
     # the same model through the batch command: two modalities in the bundle's order, already z-scored input
     masks = ws["root"] / "real_masks"
-    cmd = [sys.executable, "-m", "pipeline.inference.cli", "brats", "--input", str(_real_folder()), "--output", str(masks),
-           "--modalities", "flair", "t1ce", "--ckpt_dir", str(models), "--features", "4", "--already_normalized",
+    cmd = [sys.executable, "-m", "pipeline.inference.cli", "brats", "--input", str(_real_folder()),
+           "--output", str(masks), "--modalities", "flair", "t1ce", "--ckpt_dir", str(models), "--features", "4", "--already_normalized",
            "true", "--num_threads", "2", "--no-progress"]
     proc = subprocess.run(cmd, cwd=REPO, env=ws["env"], capture_output=True, encoding="utf-8", errors="replace",
                           timeout=900)

@@ -1,4 +1,5 @@
-"""Tests of pipeline.selective.baselines: energies against hand-computed values, monotone solvers, region recovery, bad input."""
+"""Tests of pipeline.selective.baselines: energies against hand-computed values, monotone solvers, region recovery,
+bad input."""
 
 from __future__ import annotations
 

@@ -537,8 +537,8 @@ def test_sigkill_halfway_then_rerun_finishes_the_rest(tmp_path: Path) -> None:
     _inputs(folder, 10, shape=(64, 64, 24))
     ckpt = _tiny_lits_checkpoint(tmp_path / "model.pt")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pipeline.inference.cli", "lits", "--input", str(folder), "--output", str(out), "--no-mlflow",
-           "--no-progress", "--ckpt_path", str(ckpt), "--features", "4", "--num_threads", "1"]
+    cmd = [sys.executable, "-m", "pipeline.inference.cli", "lits", "--input", str(folder), "--output", str(out),
+           "--no-mlflow", "--no-progress", "--ckpt_path", str(ckpt), "--features", "4", "--num_threads", "1"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

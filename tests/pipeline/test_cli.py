@@ -176,7 +176,8 @@ def test_override_keys_known_nested_and_close_matches(tmp_path):
     known = config_keys([config])
     assert {"max_epochs", "train", "train#handlers", "train#handlers#0", "train#handlers#0#interval"} <= known
     check_override_keys(["max_epochs", "train#handlers#0#interval"], known, "bundle x")  # no error
-    with pytest.raises(OverrideError, match=r"--max_epoch for bundle x \(no config of it defines this key\); closest known: --max_epochs"):
+    expected = r"--max_epoch for bundle x \(no config of it defines this key\); closest known: --max_epochs"
+    with pytest.raises(OverrideError, match=expected):
         check_override_keys(["max_epoch"], known, "bundle x")
     with pytest.raises(OverrideError, match="closest known: --"):
         check_override_keys(["zzz"], known, "bundle x")

@@ -166,8 +166,8 @@ def test_dicom_label_resampling_keeps_every_labelled_voxel():
 
 def test_missing_real_folder_exits_2_with_one_line(tmp_path):
     env = {**os.environ, "VARSEG_REAL_DATA": str(tmp_path / "absent")}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.experiments.real_eval", "lits", "--no-mlflow"], cwd=REPO, env=env,
-                          capture_output=True, encoding="utf-8", errors="replace", timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.experiments.real_eval", "lits", "--no-mlflow"], cwd=REPO,
+                          env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: real-data folder")

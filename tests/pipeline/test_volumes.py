@@ -1,4 +1,5 @@
-"""Tests of pipeline.io.volumes: reading NIfTI/DICOM inputs with validation and writing masks in the input's geometry."""
+"""Tests of pipeline.io.volumes: reading NIfTI/DICOM inputs with validation and writing masks in the input's
+geometry."""
 
 from __future__ import annotations
 
