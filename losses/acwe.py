@@ -196,13 +196,8 @@ class ACWELoss(_Loss):
         >>> loss(output, image).backward()
     """
 
-    def __init__(
-        self,
-        nu: float = 0.004,
-        pool_batch: bool = False,
-        reduction: LossReduction | str = LossReduction.MEAN,
-        denominator: str = "count",
-    ) -> None:
+    def __init__(self, nu: float = 0.004, pool_batch: bool = False,
+                 reduction: LossReduction | str = LossReduction.MEAN, denominator: str = "count") -> None:
         """
         Args:
             nu: area weight ``ν >= 0``. Defaults to 0.004 (paper and the authors' class default; their training
@@ -285,13 +280,8 @@ class ActiveContourLabelLoss(_Loss):
         >>> loss(output, target).backward()
     """
 
-    def __init__(
-        self,
-        length_weight: float = 1.0,
-        region_weight: float = 1.0,
-        reduction: LossReduction | str = LossReduction.SUM,
-        eps: float = 1e-8,
-    ) -> None:
+    def __init__(self, length_weight: float = 1.0, region_weight: float = 1.0,
+                 reduction: LossReduction | str = LossReduction.SUM, eps: float = 1e-8) -> None:
         """
         Args:
             length_weight: weight of the length term (``>= 0``). Defaults to 1.0 (authors' code).

@@ -139,13 +139,8 @@ class MumfordShahLoss(_Loss):
         >>> loss(logits, image).backward()
     """
 
-    def __init__(
-        self,
-        tv_weight: float = 1e-3,
-        reduction: LossReduction | str = LossReduction.MEAN,
-        softmax: bool = False,
-        eps: float = 1e-8,
-    ) -> None:
+    def __init__(self, tv_weight: float = 1e-3, reduction: LossReduction | str = LossReduction.MEAN,
+                 softmax: bool = False, eps: float = 1e-8) -> None:
         """
         Args:
             tv_weight: weight ``λ`` of the total-variation (contour length) term; must be ``>= 0``.
@@ -284,16 +279,10 @@ class SemiSupervisedMumfordShahLoss(_Loss):
         >>> total.backward(); print(loss.last_ce, loss.last_ms)  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        beta: float = 1.0,
-        tv_weight: float = 1e-3,
-        ms_reduction: LossReduction | str = LossReduction.MEAN,
-        ce_weight: Sequence[float] | torch.Tensor | None = None,
-        ce_on_probabilities: bool = False,
-        reduction: LossReduction | str = LossReduction.MEAN,
-        eps: float = 1e-8,
-    ) -> None:
+    def __init__(self, beta: float = 1.0, tv_weight: float = 1e-3,
+                 ms_reduction: LossReduction | str = LossReduction.MEAN,
+                 ce_weight: Sequence[float] | torch.Tensor | None = None, ce_on_probabilities: bool = False,
+                 reduction: LossReduction | str = LossReduction.MEAN, eps: float = 1e-8) -> None:
         """
         Args:
             beta: weight ``β`` of the Mumford–Shah term (``>= 0``). Its scale depends on ``ms_reduction``, see the
@@ -384,13 +373,8 @@ class SemiSupervisedMumfordShahLoss(_Loss):
             )
         return target.long()
 
-    def forward(
-        self,
-        logits: torch.Tensor,
-        image: torch.Tensor,
-        target: torch.Tensor,
-        labelled: torch.Tensor | Sequence[bool],
-    ) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, image: torch.Tensor, target: torch.Tensor,
+                labelled: torch.Tensor | Sequence[bool]) -> torch.Tensor:
         """
         Args:
             logits: raw network output (before the softmax), shape ``BNH[WD]`` with ``N >= 2``.
@@ -555,17 +539,10 @@ class BiasFieldMumfordShahLoss(MumfordShahLoss):
         >>> loss(output, image).backward()
     """
 
-    def __init__(
-        self,
-        tv_weight: float = 1e-3,
-        bias_tv_weight: float = 1e-3,
-        reduction: LossReduction | str = LossReduction.MEAN,
-        softmax: bool = False,
-        bias_activation: str = "softplus",
-        bias_eps: float = 1e-6,
-        per_channel_bias: bool = False,
-        eps: float = 1e-8,
-    ) -> None:
+    def __init__(self, tv_weight: float = 1e-3, bias_tv_weight: float = 1e-3,
+                 reduction: LossReduction | str = LossReduction.MEAN, softmax: bool = False,
+                 bias_activation: str = "softplus", bias_eps: float = 1e-6, per_channel_bias: bool = False,
+                 eps: float = 1e-8) -> None:
         """
         Args:
             tv_weight: weight ``λ`` of the length (TV) term on the class maps, ``>= 0``. Defaults to 1e-3.

@@ -66,15 +66,8 @@ class QualityRegularisedDiceLoss(_Loss):
         value = loss(logits, label, quality=q_hat, input_mask=mask)
     """
 
-    def __init__(
-        self,
-        quality_weight: float = 1.0,
-        sigmoid: bool = True,
-        smooth: float = 1.0,
-        batch: bool = True,
-        quality_threshold: float = 0.5,
-        reduction: LossReduction | str = LossReduction.MEAN,
-    ) -> None:
+    def __init__(self, quality_weight: float = 1.0, sigmoid: bool = True, smooth: float = 1.0, batch: bool = True,
+                 quality_threshold: float = 0.5, reduction: LossReduction | str = LossReduction.MEAN) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
         for name, value in (("quality_weight", quality_weight), ("smooth", smooth)):
             if not float(value) >= 0.0 or float(value) == float("inf"):

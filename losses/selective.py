@@ -140,14 +140,8 @@ class SelectiveLoss(_Loss):
         >>> loss(u, fitting, distance, edge).backward()
     """
 
-    def __init__(
-        self,
-        mu: float = 1.0,
-        lam: float = 2.0,
-        theta: float = 30.0,
-        reduction: LossReduction | str = LossReduction.SUM,
-        eps: float = 1e-8,
-    ) -> None:
+    def __init__(self, mu: float = 1.0, lam: float = 2.0, theta: float = 30.0,
+                 reduction: LossReduction | str = LossReduction.SUM, eps: float = 1e-8) -> None:
         """
         Args:
             mu: weight of the edge-weighted TV term (``>= 0``; 0 gives method M2). Defaults to 1.0 (no published
@@ -169,13 +163,8 @@ class SelectiveLoss(_Loss):
         self.last_fitting: float = float("nan")
         self.last_geodesic: float = float("nan")
 
-    def forward(
-        self,
-        u: torch.Tensor,
-        fitting: torch.Tensor,
-        distance: torch.Tensor,
-        edge: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, fitting: torch.Tensor, distance: torch.Tensor, edge: torch.Tensor | None = None
+) -> torch.Tensor:
         """
         Args:
             u: segmentation probabilities, shape ``B1HW`` or ``B1HWD``, floating point.

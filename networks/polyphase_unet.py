@@ -213,18 +213,9 @@ class PolyphaseUNet(nn.Module):
         torch.Size([2, 2, 64, 64])
     """
 
-    def __init__(
-        self,
-        spatial_dims: int = 2,
-        in_channels: int = 3,
-        out_channels: int = 2,
-        features: int = 64,
-        num_levels: int = 5,
-        norm: str | tuple = "batch",
-        act: str | tuple = "relu",
-        bias: bool = False,
-        init: str = "xavier",
-    ) -> None:
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 3, out_channels: int = 2, features: int = 64,
+                 num_levels: int = 5, norm: str | tuple = "batch", act: str | tuple = "relu", bias: bool = False,
+                 init: str = "xavier") -> None:
         super().__init__()
         _check_spatial_dims(spatial_dims)
         if num_levels < 2:

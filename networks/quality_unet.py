@@ -96,21 +96,10 @@ class QualityUNet(nn.Module):
         logits, quality = net(torch.rand(2, 3, 64, 64), torch.zeros(2, 1, 64, 64))  # (2, 1, 64, 64), (2, 1)
     """
 
-    def __init__(
-        self,
-        spatial_dims: int = 2,
-        in_channels: int = 3,
-        out_channels: int = 1,
-        mask_channels: int = 1,
-        features: int = 32,
-        levels: int = 4,
-        convs_per_level: int = 2,
-        quality_hidden: int = 32,
-        act: str | tuple = "relu",
-        norm: str | tuple | None = "batch",
-        dropout: float = 0.0,
-        output_bias: float = 0.0,
-    ) -> None:
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 3, out_channels: int = 1, mask_channels: int = 1,
+                 features: int = 32, levels: int = 4, convs_per_level: int = 2, quality_hidden: int = 32,
+                 act: str | tuple = "relu", norm: str | tuple | None = "batch", dropout: float = 0.0,
+                 output_bias: float = 0.0) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")

@@ -129,17 +129,9 @@ class RecurrentConvBlock(nn.Module):
         torch.Size([2, 16, 31, 33])
     """
 
-    def __init__(
-        self,
-        spatial_dims: int = 2,
-        in_channels: int = 1,
-        out_channels: int = 16,
-        steps: int = 3,
-        share_recurrent: bool = False,
-        kernel_size: int = 3,
-        bn_momentum: float = 0.01,
-        bn_eps: float = 1e-3,
-    ) -> None:
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 16, steps: int = 3,
+                 share_recurrent: bool = False, kernel_size: int = 3, bn_momentum: float = 0.01, bn_eps: float = 1e-3
+) -> None:
         super().__init__()
         _check_spatial_dims(spatial_dims)
         _check_positive("in_channels", in_channels)
@@ -270,19 +262,9 @@ class RCNN(nn.Module):
         torch.Size([2, 1, 192, 192])
     """
 
-    def __init__(
-        self,
-        spatial_dims: int = 2,
-        in_channels: int = 1,
-        out_channels: int = 1,
-        features: int = 16,
-        num_blocks: int = 3,
-        steps: int = 3,
-        share_recurrent: bool = False,
-        bn_momentum: float = 0.01,
-        bn_eps: float = 1e-3,
-        kernel_size: int = 3,
-    ) -> None:
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 1, features: int = 16,
+                 num_blocks: int = 3, steps: int = 3, share_recurrent: bool = False, bn_momentum: float = 0.01,
+                 bn_eps: float = 1e-3, kernel_size: int = 3) -> None:
         super().__init__()
         _check_spatial_dims(spatial_dims)
         _check_positive("in_channels", in_channels)

@@ -117,16 +117,9 @@ class SelectiveUNet(nn.Module):
         torch.Size([2, 1, 64, 64])
     """
 
-    def __init__(
-        self,
-        spatial_dims: int = 2,
-        in_channels: int = 2,
-        out_channels: int = 1,
-        features: int | Sequence[int] = 128,
-        levels: int = 4,
-        bn_momentum: float = 0.01,
-        bn_eps: float = 1e-3,
-    ) -> None:
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 2, out_channels: int = 1,
+                 features: int | Sequence[int] = 128, levels: int = 4, bn_momentum: float = 0.01, bn_eps: float = 1e-3
+) -> None:
         super().__init__()
         if spatial_dims not in (1, 2, 3):
             raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}.")
@@ -237,16 +230,9 @@ class VMNet(SelectiveUNet):
         torch.Size([2, 1, 128, 128])
     """
 
-    def __init__(
-        self,
-        spatial_dims: int = 2,
-        in_channels: int = 2,
-        out_channels: int = 1,
-        features: int | Sequence[int] = 128,
-        levels: int = 4,
-        bn_momentum: float = 0.01,
-        bn_eps: float = 1e-3,
-    ) -> None:
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 2, out_channels: int = 1,
+                 features: int | Sequence[int] = 128, levels: int = 4, bn_momentum: float = 0.01, bn_eps: float = 1e-3
+) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, features, levels, bn_momentum, bn_eps)
 
 
@@ -291,18 +277,9 @@ class DIPNet(nn.Module):
         torch.Size([2, 1, 128, 128])
     """
 
-    def __init__(
-        self,
-        num_images: int,
-        spatial_size: Sequence[int],
-        noise_channels: int = 32,
-        noise_max: float = 0.1,
-        perturb_std: float = 0.01,
-        features: int | Sequence[int] = 128,
-        levels: int = 4,
-        out_channels: int = 1,
-        seed: int | None = 0,
-    ) -> None:
+    def __init__(self, num_images: int, spatial_size: Sequence[int], noise_channels: int = 32, noise_max: float = 0.1,
+                 perturb_std: float = 0.01, features: int | Sequence[int] = 128, levels: int = 4,
+                 out_channels: int = 1, seed: int | None = 0) -> None:
         super().__init__()
         _check_positive("num_images", num_images)
         _check_positive("noise_channels", noise_channels)

@@ -60,17 +60,8 @@ def _segment(u0: torch.Tensor, u1: torch.Tensor, invf: torch.Tensor, f: torch.Te
     return torch.where(inside, u0 + f * hx * root, u1 + f * math.hypot(hx, hs))
 
 
-def _triangle(
-    u0: torch.Tensor,
-    d1: torch.Tensor,
-    d2: torch.Tensor,
-    invf: torch.Tensor,
-    f: torch.Tensor,
-    hx: float,
-    hy: float,
-    hz: float,
-    corner: bool,
-) -> torch.Tensor:
+def _triangle(u0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor, invf: torch.Tensor, f: torch.Tensor, hx: float,
+              hy: float, hz: float, corner: bool) -> torch.Tensor:
     """Interior minimum over a triangle of the previous plane, ``inf`` where it lies outside the triangle.
 
     The interpolant is ``u0 − t·d1 − s·d2`` at in-plane offset ``(t·hy, s·hz)``; the triangle is ``t, s >= 0,
@@ -155,14 +146,8 @@ def _check_inputs(cost: torch.Tensor, init: torch.Tensor, spacing: Sequence[floa
     return values
 
 
-def sweep_travel_time(
-    cost: torch.Tensor,
-    init: torch.Tensor,
-    spacing: Sequence[float] | None = None,
-    max_iter: int = 8,
-    tol: float = 1e-4,
-    compile: bool = False,
-) -> torch.Tensor:
+def sweep_travel_time(cost: torch.Tensor, init: torch.Tensor, spacing: Sequence[float] | None = None,
+                      max_iter: int = 8, tol: float = 1e-4, compile: bool = False) -> torch.Tensor:
     """
     Solve ``|∇D| = cost`` with ``D = init`` where ``init`` is finite, by vectorised raster sweeps (see module doc).
 
@@ -265,13 +250,8 @@ def _check_inputs_numpy(cost: np.ndarray, init: np.ndarray, spacing: Sequence[fl
     return values
 
 
-def sweep_travel_time_numpy(
-    cost: np.ndarray,
-    init: np.ndarray,
-    spacing: Sequence[float] | None = None,
-    max_iter: int = 8,
-    tol: float = 1e-4,
-) -> np.ndarray:
+def sweep_travel_time_numpy(cost: np.ndarray, init: np.ndarray, spacing: Sequence[float] | None = None,
+                            max_iter: int = 8, tol: float = 1e-4) -> np.ndarray:
     """
     CPU version of :func:`sweep_travel_time` (same scheme and arguments, numpy in and out), compiled with numba.
 

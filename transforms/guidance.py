@@ -217,19 +217,9 @@ class GeodesicDistance(Transform):
 
     backend = [TransformBackends.NUMPY]
 
-    def __init__(
-        self,
-        epsilon: float = 1e-3,
-        beta: float = 1000.0,
-        p: float = 2.0,
-        theta: float = 0.0,
-        order: int = 2,
-        spacing: float | Sequence[float] | None = None,
-        backend: str = "fmm",
-        device: str | torch.device | None = None,
-        max_iter: int = 2,
-        tol: float = 1e-3,
-    ) -> None:
+    def __init__(self, epsilon: float = 1e-3, beta: float = 1000.0, p: float = 2.0, theta: float = 0.0, order: int = 2,
+                 spacing: float | Sequence[float] | None = None, backend: str = "fmm",
+                 device: str | torch.device | None = None, max_iter: int = 2, tol: float = 1e-3) -> None:
         if backend not in GEODESIC_BACKENDS:
             raise ValueError(f"backend must be one of {GEODESIC_BACKENDS}, got {backend!r}.")
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
@@ -531,21 +521,10 @@ class GeodesicDistanced(MapTransform):
 
     backend = GeodesicDistance.backend
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        seeds_key: Hashable,
-        epsilon: float = 1e-3,
-        beta: float = 1000.0,
-        p: float = 2.0,
-        theta: float = 0.0,
-        order: int = 2,
-        spacing: float | Sequence[float] | None = None,
-        output_keys: KeysCollection | None = None,
-        allow_missing_keys: bool = False,
-        backend: str = "fmm",
-        device: str | torch.device | None = None,
-    ) -> None:
+    def __init__(self, keys: KeysCollection, seeds_key: Hashable, epsilon: float = 1e-3, beta: float = 1000.0,
+                 p: float = 2.0, theta: float = 0.0, order: int = 2, spacing: float | Sequence[float] | None = None,
+                 output_keys: KeysCollection | None = None, allow_missing_keys: bool = False, backend: str = "fmm",
+                 device: str | torch.device | None = None) -> None:
         super().__init__(keys, allow_missing_keys)
         self.seeds_key = seeds_key
         self.output_keys = _output_keys(self.keys, output_keys, "geodesic")
@@ -579,13 +558,8 @@ class EdgeIndicatord(MapTransform):
 
     backend = EdgeIndicator.backend
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        iota: float = 1000.0,
-        output_keys: KeysCollection | None = None,
-        allow_missing_keys: bool = False,
-    ) -> None:
+    def __init__(self, keys: KeysCollection, iota: float = 1000.0, output_keys: KeysCollection | None = None,
+                 allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_keys = _output_keys(self.keys, output_keys, "edge")
         self.edge = EdgeIndicator(iota)
@@ -621,15 +595,8 @@ class ChanVeseFittingd(MapTransform):
 
     backend = ChanVeseFitting.backend
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        mask_key: Hashable,
-        lambda3: float = 1.0,
-        classes: int = 3,
-        output_keys: KeysCollection | None = None,
-        allow_missing_keys: bool = False,
-    ) -> None:
+    def __init__(self, keys: KeysCollection, mask_key: Hashable, lambda3: float = 1.0, classes: int = 3,
+                 output_keys: KeysCollection | None = None, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.mask_key = mask_key
         self.output_keys = _output_keys(self.keys, output_keys, "fitting")

@@ -171,16 +171,8 @@ class HUWindow(Transform):
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
-    def __init__(
-        self,
-        a_min: float = LITS_WINDOW[0],
-        a_max: float = LITS_WINDOW[1],
-        b_min: float = 0.0,
-        b_max: float = 1.0,
-        clip: bool = True,
-        check_hu: bool = True,
-        dtype: DtypeLike = np.float32,
-    ) -> None:
+    def __init__(self, a_min: float = LITS_WINDOW[0], a_max: float = LITS_WINDOW[1], b_min: float = 0.0,
+                 b_max: float = 1.0, clip: bool = True, check_hu: bool = True, dtype: DtypeLike = np.float32) -> None:
         if not a_min < a_max:
             raise ValueError(f"HU window needs a_min < a_max, got a_min={a_min}, a_max={a_max}.")
         self.check_hu = check_hu
@@ -224,18 +216,9 @@ class HUWindowd(MapTransform):
 
     backend = HUWindow.backend
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        a_min: float = LITS_WINDOW[0],
-        a_max: float = LITS_WINDOW[1],
-        b_min: float = 0.0,
-        b_max: float = 1.0,
-        clip: bool = True,
-        check_hu: bool = True,
-        dtype: DtypeLike = np.float32,
-        allow_missing_keys: bool = False,
-    ) -> None:
+    def __init__(self, keys: KeysCollection, a_min: float = LITS_WINDOW[0], a_max: float = LITS_WINDOW[1],
+                 b_min: float = 0.0, b_max: float = 1.0, clip: bool = True, check_hu: bool = True,
+                 dtype: DtypeLike = np.float32, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.windower = HUWindow(a_min, a_max, b_min, b_max, clip=clip, check_hu=check_hu, dtype=dtype)
 

@@ -333,15 +333,8 @@ class _MarkerWriter(MapTransform):
 
     backend = AddClickMarkers.backend
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        marker_keys: KeysCollection | None,
-        polygon_keys: KeysCollection | None,
-        order: str,
-        dtype: DtypeLike | torch.dtype,
-        allow_missing_keys: bool,
-    ) -> None:
+    def __init__(self, keys: KeysCollection, marker_keys: KeysCollection | None, polygon_keys: KeysCollection | None,
+                 order: str, dtype: DtypeLike | torch.dtype, allow_missing_keys: bool) -> None:
         super().__init__(keys, allow_missing_keys)
         self.marker_keys = _output_keys(self.keys, marker_keys, "markers")
         self.polygon_keys = _output_keys(self.keys, polygon_keys, "polygon")
@@ -381,16 +374,9 @@ class AddClickMarkersd(_MarkerWriter):
         KeyError: at call time, when ``points_key`` is missing from the data.
     """
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        points_key: Hashable,
-        marker_keys: KeysCollection | None = None,
-        polygon_keys: KeysCollection | None = None,
-        order: str = "angle",
-        dtype: DtypeLike | torch.dtype = torch.uint8,
-        allow_missing_keys: bool = False,
-    ) -> None:
+    def __init__(self, keys: KeysCollection, points_key: Hashable, marker_keys: KeysCollection | None = None,
+                 polygon_keys: KeysCollection | None = None, order: str = "angle",
+                 dtype: DtypeLike | torch.dtype = torch.uint8, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, marker_keys, polygon_keys, order, dtype, allow_missing_keys)
         self.points_key = points_key
 
@@ -439,18 +425,10 @@ class RandClickMarkersd(RandomizableTransform, _MarkerWriter):
 
     backend = AddClickMarkers.backend
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        label_value: float = 1,
-        num_clicks: int | Sequence[int] = (4, 8),
-        min_distance: float = 3.0,
-        marker_keys: KeysCollection | None = None,
-        polygon_keys: KeysCollection | None = None,
-        order: str = "angle",
-        dtype: DtypeLike | torch.dtype = torch.uint8,
-        allow_missing_keys: bool = False,
-    ) -> None:
+    def __init__(self, keys: KeysCollection, label_value: float = 1, num_clicks: int | Sequence[int] = (4, 8),
+                 min_distance: float = 3.0, marker_keys: KeysCollection | None = None,
+                 polygon_keys: KeysCollection | None = None, order: str = "angle",
+                 dtype: DtypeLike | torch.dtype = torch.uint8, allow_missing_keys: bool = False) -> None:
         _MarkerWriter.__init__(self, keys, marker_keys, polygon_keys, order, dtype, allow_missing_keys)
         RandomizableTransform.__init__(self, prob=1.0)
         self.label_value = label_value
@@ -661,17 +639,10 @@ class LoadMarkersd(_MarkerWriter):
         KeyError: at call time, when ``markers_key`` is missing from the data.
     """
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        markers_key: Hashable = "markers",
-        space: str | None = None,
-        marker_keys: KeysCollection | None = None,
-        polygon_keys: KeysCollection | None = None,
-        order: str = "angle",
-        dtype: DtypeLike | torch.dtype = torch.uint8,
-        allow_missing_keys: bool = False,
-    ) -> None:
+    def __init__(self, keys: KeysCollection, markers_key: Hashable = "markers", space: str | None = None,
+                 marker_keys: KeysCollection | None = None, polygon_keys: KeysCollection | None = None,
+                 order: str = "angle", dtype: DtypeLike | torch.dtype = torch.uint8, allow_missing_keys: bool = False
+) -> None:
         super().__init__(keys, marker_keys, polygon_keys, order, dtype, allow_missing_keys)
         self.markers_key = markers_key
         self.space = None if space is None else look_up_option(space, _SPACES)

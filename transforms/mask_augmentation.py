@@ -326,22 +326,11 @@ class RandImperfectMask(_RandMask):
             :class:`RandMaskNoise` (their ``prob`` is the step's probability above).
     """
 
-    def __init__(
-        self,
-        prob: float = 1.0,
-        morphology_prob: float = 0.5,
-        elastic_prob: float = 0.5,
-        rotate_prob: float = 0.3,
-        flip_prob: float = 0.1,
-        shift_prob: float = 0.3,
-        noise_prob: float = 0.3,
-        morphology: Mapping[str, Any] | None = None,
-        elastic: Mapping[str, Any] | None = None,
-        rotate: Mapping[str, Any] | None = None,
-        flip: Mapping[str, Any] | None = None,
-        shift: Mapping[str, Any] | None = None,
-        noise: Mapping[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, prob: float = 1.0, morphology_prob: float = 0.5, elastic_prob: float = 0.5,
+                 rotate_prob: float = 0.3, flip_prob: float = 0.1, shift_prob: float = 0.3, noise_prob: float = 0.3,
+                 morphology: Mapping[str, Any] | None = None, elastic: Mapping[str, Any] | None = None,
+                 rotate: Mapping[str, Any] | None = None, flip: Mapping[str, Any] | None = None,
+                 shift: Mapping[str, Any] | None = None, noise: Mapping[str, Any] | None = None) -> None:
         super().__init__(prob)
         self.steps: list[tuple[str, _RandMask]] = [
             ("morphology", RandMaskMorphology(morphology_prob, **dict(morphology or {}))),

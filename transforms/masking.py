@@ -162,14 +162,8 @@ class RestrictToMaskd(MapTransform):
 
     backend = RestrictToMask.backend
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        mask_key: Hashable,
-        dilation: int | Sequence[int] = 0,
-        fill_value: float = 0.0,
-        allow_missing_keys: bool = False,
-    ) -> None:
+    def __init__(self, keys: KeysCollection, mask_key: Hashable, dilation: int | Sequence[int] = 0,
+                 fill_value: float = 0.0, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.mask_key = mask_key
         self.restrict = RestrictToMask(dilation=dilation, fill_value=fill_value)

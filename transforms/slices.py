@@ -199,14 +199,8 @@ class UnstackSlices(Transform):
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
-    def __init__(
-        self,
-        axis: int = -1,
-        num_slices: int = 1,
-        slices: Sequence[int] | None = None,
-        num_total: int | None = None,
-        fill_value: float = 0.0,
-    ) -> None:
+    def __init__(self, axis: int = -1, num_slices: int = 1, slices: Sequence[int] | None = None,
+                 num_total: int | None = None, fill_value: float = 0.0) -> None:
         self.axis = spatial_axis(axis)
         self.num_slices = check_num_slices(num_slices)
         self.slices = None if slices is None else tuple(int(s) for s in ensure_tuple(slices))
@@ -290,14 +284,8 @@ class StackAdjacentSlicesd(MapTransform):
 
     backend = StackAdjacentSlices.backend
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        num_slices: int | Sequence[int] = 3,
-        axis: int = -1,
-        slices: Sequence[int] | None = None,
-        allow_missing_keys: bool = False,
-    ) -> None:
+    def __init__(self, keys: KeysCollection, num_slices: int | Sequence[int] = 3, axis: int = -1,
+                 slices: Sequence[int] | None = None, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         per_key = _per_key(num_slices, self.keys, "num_slices")
         self.stackers = tuple(StackAdjacentSlices(k, axis=axis, slices=slices) for k in per_key)
@@ -329,16 +317,9 @@ class UnstackSlicesd(MapTransform):
 
     backend = UnstackSlices.backend
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        axis: int = -1,
-        num_slices: int | Sequence[int] = 1,
-        slices: Sequence[int] | None = None,
-        num_total: int | None = None,
-        fill_value: float = 0.0,
-        allow_missing_keys: bool = False,
-    ) -> None:
+    def __init__(self, keys: KeysCollection, axis: int = -1, num_slices: int | Sequence[int] = 1,
+                 slices: Sequence[int] | None = None, num_total: int | None = None, fill_value: float = 0.0,
+                 allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         per_key = _per_key(num_slices, self.keys, "num_slices")
         self.unstackers = tuple(UnstackSlices(axis, k, slices, num_total, fill_value) for k in per_key)

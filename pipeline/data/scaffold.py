@@ -131,13 +131,8 @@ def segment_mask(grid: Grid, a: np.ndarray, b: np.ndarray, ra: float,
     return box, dist2 < (ra + t * (rb - ra)) ** 2
 
 
-def sync_dataset_json(
-    folder: Path,
-    describe: Callable[[list[int]], dict[str, Any]],
-    identity_keys: Sequence[str],
-    cases: Sequence[int],
-    stray: Sequence[str],
-) -> None:
+def sync_dataset_json(folder: Path, describe: Callable[[list[int]], dict[str, Any]], identity_keys: Sequence[str],
+                      cases: Sequence[int], stray: Sequence[str]) -> None:
     """Create or extend ``folder/dataset.json``; refuse a folder made with other settings or holding foreign files.
 
     Args:

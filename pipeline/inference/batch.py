@@ -644,27 +644,12 @@ def _batch_tracker(bundle: str, entries: Sequence[Mapping[str, Any]], input_path
         return None
 
 
-def execute(
-    bundle: str,
-    input_path: str | Path | None,
-    output_dir: str | Path | None,
-    postfix: str,
-    predictor: Callable[[Any, Mapping[str, Any]], np.ndarray],
-    *,
-    ckpt_path: str | Path | None = None,
-    ckpt_hint: str = "",
-    layout: str = "auto",
-    modalities: Sequence[str] | None = None,
-    markers: str | Path | None = None,
-    overwrite: bool = False,
-    identify: bool = False,
-    labels: Mapping[Any, Any] | Sequence[int] | None = None,
-    csv_name: str = "cases.csv",
-    mlflow: bool = True,
-    experiment_name: str | None = None,
-    tags: Mapping[str, Any] | None = None,
-    progress: bool = True,
-) -> int:
+def execute(bundle: str, input_path: str | Path | None, output_dir: str | Path | None, postfix: str,
+            predictor: Callable[[Any, Mapping[str, Any]], np.ndarray], *, ckpt_path: str | Path | None = None,
+            ckpt_hint: str = "", layout: str = "auto", modalities: Sequence[str] | None = None,
+            markers: str | Path | None = None, overwrite: bool = False, identify: bool = False,
+            labels: Mapping[Any, Any] | Sequence[int] | None = None, csv_name: str = "cases.csv", mlflow: bool = True,
+            experiment_name: str | None = None, tags: Mapping[str, Any] | None = None, progress: bool = True) -> int:
     """Check the checkpoint, index the inputs, load the model, run the batch (tracked), return the exit code.
 
     Problems before the first case (no input, missing/unloadable checkpoint, unreadable layout, duplicate output
@@ -690,14 +675,8 @@ def execute(
     return report.exit_code
 
 
-def run_from_config(
-    bundle: str,
-    input_path: str | Path | None,
-    output_dir: str | Path | None,
-    postfix: str,
-    predictor: Callable[[Any, Mapping[str, Any]], np.ndarray],
-    **kwargs: Any,
-) -> int:
+def run_from_config(bundle: str, input_path: str | Path | None, output_dir: str | Path | None, postfix: str,
+                    predictor: Callable[[Any, Mapping[str, Any]], np.ndarray], **kwargs: Any) -> int:
     """:func:`execute` for a bundle's ``inference.json`` ``run`` section; a non-zero code exits the process.
 
     Raises:

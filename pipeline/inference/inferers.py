@@ -47,17 +47,9 @@ class AdjacentSliceInferer(Inferer):
             compiler on a CPU; on any compilation error it logs a warning and runs eagerly. Defaults to False.
     """
 
-    def __init__(
-        self,
-        num_slices: int = 3,
-        batch_size: int = 16,
-        divisible: int = 16,
-        activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        progress: bool = False,
-        channels_last: bool = False,
-        autocast_dtype: str | None = None,
-        compile: bool = False,
-    ) -> None:
+    def __init__(self, num_slices: int = 3, batch_size: int = 16, divisible: int = 16,
+                 activation: Callable[[torch.Tensor], torch.Tensor] | None = None, progress: bool = False,
+                 channels_last: bool = False, autocast_dtype: str | None = None, compile: bool = False) -> None:
         super().__init__()
         if autocast_dtype not in (None, "bfloat16", "float16"):
             raise ValueError(f"autocast_dtype must be None, 'bfloat16' or 'float16', got {autocast_dtype!r}")

@@ -69,19 +69,11 @@ class SlicePredictor:
         inferer: an :class:`AdjacentSliceInferer` to use instead of one built from the three arguments above.
     """
 
-    def __init__(
-        self,
-        network: torch.nn.Module,
-        ckpt_path: str | Path | None,
-        intensity: Callable[[torch.Tensor, str], torch.Tensor],
-        postprocess: Callable[[torch.Tensor], torch.Tensor],
-        num_slices: int = 3,
-        batch_size: int = 32,
-        divisible: int = 16,
-        device: str | torch.device = "cpu",
-        progress: bool = False,
-        inferer: Any = None,
-    ) -> None:
+    def __init__(self, network: torch.nn.Module, ckpt_path: str | Path | None,
+                 intensity: Callable[[torch.Tensor, str], torch.Tensor],
+                 postprocess: Callable[[torch.Tensor], torch.Tensor], num_slices: int = 3, batch_size: int = 32,
+                 divisible: int = 16, device: str | torch.device = "cpu", progress: bool = False, inferer: Any = None
+) -> None:
         from pipeline.inference.inferers import AdjacentSliceInferer
 
         self.network = network
@@ -143,19 +135,11 @@ def lits_predictor(network: torch.nn.Module, ckpt_path: str | Path | None,
                           divisible=divisible, device=device, inferer=inferer)
 
 
-def brats_predictor(
-    network: torch.nn.Module,
-    ckpt_path: str | Path | None,
-    modalities: Sequence[str] = ("t1", "t1ce", "t2", "flair"),
-    already_normalized: bool = False,
-    clip: float | Sequence[float] | None = 10.0,
-    num_slices: int = 3,
-    batch_size: int = 32,
-    target_labels: Sequence[int] = (0, 1),
-    device: str | torch.device = "cpu",
-    divisible: int = 16,
-    inferer: Any = None,
-) -> SlicePredictor:
+def brats_predictor(network: torch.nn.Module, ckpt_path: str | Path | None,
+                    modalities: Sequence[str] = ("t1", "t1ce", "t2", "flair"), already_normalized: bool = False,
+                    clip: float | Sequence[float] | None = 10.0, num_slices: int = 3, batch_size: int = 32,
+                    target_labels: Sequence[int] = (0, 1), device: str | torch.device = "cpu", divisible: int = 16,
+                    inferer: Any = None) -> SlicePredictor:
     """The BraTS predictor: per-modality normalisation, 2.5D network, softmax, argmax, class ``c`` → label.
 
     The volumes come in the order of ``modalities`` (one :class:`pipeline.io.volumes.Volume` each, sharing one
@@ -180,16 +164,9 @@ def brats_predictor(
                           divisible=divisible, device=device, inferer=inferer)
 
 
-def spect_predictor(
-    network: torch.nn.Module,
-    ckpt_path: str | Path | None,
-    intensity_percentiles: Sequence[float] = (0.0, 99.5),
-    num_slices: int = 1,
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-    divisible: int = 1,
-    inferer: Any = None,
-) -> SlicePredictor:
+def spect_predictor(network: torch.nn.Module, ckpt_path: str | Path | None,
+                    intensity_percentiles: Sequence[float] = (0.0, 99.5), num_slices: int = 1, batch_size: int = 64,
+                    device: str | torch.device = "cpu", divisible: int = 1, inferer: Any = None) -> SlicePredictor:
     """The SPECT predictor: percentile scaling to [0, 1] (clipped), 2D RCNN per slice, mask = ``output > 0``.
 
     The same steps as the former ``inference.json`` pipeline (``ScaleIntensityRangePercentilesd``, ``x > 0``).
@@ -215,14 +192,8 @@ def spect_predictor(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def segment_selective(
-    volume: Any,
-    markers_path: str | Path,
-    predict: Callable[[Mapping[str, Any]], np.ndarray],
-    slicer: Any,
-    markers_space: str | None = None,
-    case: str | None = None,
-) -> np.ndarray:
+def segment_selective(volume: Any, markers_path: str | Path, predict: Callable[[Mapping[str, Any]], np.ndarray],
+                      slicer: Any, markers_space: str | None = None, case: str | None = None) -> np.ndarray:
     """Segment the object marked in ``markers_path`` on a :class:`pipeline.io.volumes.Volume`.
 
     The logic of :func:`pipeline.selective.segment_volume` on an already read volume: the markers (CSV or 3D Slicer
@@ -279,17 +250,9 @@ class SelectivePredictor:
 
     needs_markers = True
 
-    def __init__(
-        self,
-        network: torch.nn.Module | None,
-        ckpt_path: str | Path | None,
-        guidance: str,
-        slicer: Any,
-        divisible: int = 16,
-        device: str | torch.device = "cpu",
-        markers_space: str | None = None,
-        sample_predict: Callable[[Mapping[str, Any]], np.ndarray] | None = None,
-    ) -> None:
+    def __init__(self, network: torch.nn.Module | None, ckpt_path: str | Path | None, guidance: str, slicer: Any,
+                 divisible: int = 16, device: str | torch.device = "cpu", markers_space: str | None = None,
+                 sample_predict: Callable[[Mapping[str, Any]], np.ndarray] | None = None) -> None:
         self.network = network
         self.ckpt_path = ckpt_path
         self.guidance = guidance

@@ -687,14 +687,8 @@ def _mask_image(mask: np.ndarray, reference: Volume, dtype: np.dtype, path: Path
     return image
 
 
-def write_mask(
-    mask: np.ndarray,
-    reference: Volume,
-    path: str | Path,
-    *,
-    overwrite: bool = False,
-    dtype: type | np.dtype = np.uint8,
-) -> Path:
+def write_mask(mask: np.ndarray, reference: Volume, path: str | Path, *, overwrite: bool = False,
+               dtype: type | np.dtype = np.uint8) -> Path:
     """Write a mask with exactly the geometry of the input it was computed from.
 
     The file is written to a temporary file in the same folder (``.<name>.tmp-<12 hex><suffix>``), synced, then

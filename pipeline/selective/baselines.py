@@ -211,14 +211,8 @@ def _max_iter(value: int) -> int:
     return int(value)
 
 
-def _problem(
-    fitting: np.ndarray,
-    distance: np.ndarray,
-    edge: np.ndarray | None,
-    init: np.ndarray | None,
-    lam: float,
-    theta: float,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def _problem(fitting: np.ndarray, distance: np.ndarray, edge: np.ndarray | None, init: np.ndarray | None, lam: float,
+             theta: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Validate the inputs of a solver; return the linear coefficient ``c``, the edge map and the initial guess."""
     phi = _as_image(fitting, "fitting")
     dist = _as_image(distance, "distance", phi.shape, "fitting")
@@ -371,14 +365,8 @@ def _tv(u: np.ndarray, g: np.ndarray | None) -> float:
     return float(np.sum(magnitude if g is None else g * magnitude))
 
 
-def elastica_energy(
-    u: np.ndarray,
-    alpha: float = 1.0,
-    beta: float = 10.0,
-    eps: float = 1e-2,
-    weight: np.ndarray | None = None,
-    sigma: float = 1.0,
-) -> float:
+def elastica_energy(u: np.ndarray, alpha: float = 1.0, beta: float = 10.0, eps: float = 1e-2,
+                    weight: np.ndarray | None = None, sigma: float = 1.0) -> float:
     """Discrete Euler's elastica ``sum(weight * (alpha + beta * kappa**2) * |grad u|)``.
 
     ``|grad u|`` is the isotropic forward-difference gradient magnitude of :func:`tv_energy`, and the curvature is
@@ -429,18 +417,9 @@ def _elastica(u: np.ndarray, alpha: float, beta: float, eps: float, g: np.ndarra
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _proximal_descent(
-    energy: Callable[[np.ndarray], float],
-    sweep: Callable[[np.ndarray, float], np.ndarray],
-    resync: Callable[[np.ndarray], None],
-    u0: np.ndarray,
-    tau: float,
-    patience: int,
-    max_iter: int,
-    tol: float,
-    progress: bool,
-    desc: str,
-) -> BaselineResult:
+def _proximal_descent(energy: Callable[[np.ndarray], float], sweep: Callable[[np.ndarray, float], np.ndarray],
+                      resync: Callable[[np.ndarray], None], u0: np.ndarray, tau: float, patience: int, max_iter: int,
+                      tol: float, progress: bool, desc: str) -> BaselineResult:
     """Inexact proximal-point loop with a sufficient-decrease test (see the module docstring).
 
     Args:
@@ -571,17 +550,8 @@ class _ElasticaALM:
     agree to 2e-6 relative.
     """
 
-    def __init__(
-        self,
-        c: np.ndarray,
-        g: np.ndarray | None,
-        alpha: float,
-        beta: float,
-        eps: float,
-        sigma: float,
-        rho: float,
-        u0: np.ndarray,
-    ):
+    def __init__(self, c: np.ndarray, g: np.ndarray | None, alpha: float, beta: float, eps: float, sigma: float,
+                 rho: float, u0: np.ndarray) :
         self.alpha, self.beta, self.eps, self.sigma = alpha, beta, eps, sigma
         self.g = np.ones_like(c) if g is None else g  # float64, for the energy
         f32 = np.float32

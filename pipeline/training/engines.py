@@ -38,15 +38,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         kwargs: everything ``monai.engines.SupervisedTrainer`` accepts.
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        labelled_key: str = "labelled",
-        image_key: str = Keys.IMAGE,
-        label_key: str = Keys.LABEL,
-        component_names: Sequence[str] = ("ce", "ms"),
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, labelled_key: str = "labelled", image_key: str = Keys.IMAGE,
+                 label_key: str = Keys.LABEL, component_names: Sequence[str] = ("ce", "ms"), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.labelled_key = labelled_key
         self.image_key = image_key

@@ -46,20 +46,10 @@ class SliceDataset(Dataset):
         progress: show a progress bar while caching the volumes.
     """
 
-    def __init__(
-        self,
-        data: Sequence[Mapping[str, Any]],
-        volume_transform: Callable | None,
-        num_slices: int = 3,
-        slice_transform: Callable | None = None,
-        image_key: str = "image",
-        label_key: str = "label",
-        labelled_key: str = "labelled",
-        default_labelled: bool = True,
-        slice_stride: int = 1,
-        cache_num_workers: int = 0,
-        progress: bool = True,
-    ) -> None:
+    def __init__(self, data: Sequence[Mapping[str, Any]], volume_transform: Callable | None, num_slices: int = 3,
+                 slice_transform: Callable | None = None, image_key: str = "image", label_key: str = "label",
+                 labelled_key: str = "labelled", default_labelled: bool = True, slice_stride: int = 1,
+                 cache_num_workers: int = 0, progress: bool = True) -> None:
         if num_slices < 1 or num_slices % 2 == 0:
             raise ValueError(f"num_slices must be a positive odd number, got {num_slices}")
         if slice_stride < 1:
