@@ -74,18 +74,8 @@ from scipy import ndimage
 from pipeline.io.files import nifti_image
 from pipeline.io.layouts import index_brats
 
-from .scaffold import (
-    DATASET_JSON,
-    Field,
-    case_indices,
-    check_shape,
-    phantom_parser,
-    real_or_phantoms,
-    run_phantom_command,
-    sync_dataset_json,
-    write_case_files,
-    write_cases,
-)
+from .scaffold import DATASET_JSON, Field, case_indices, check_shape, phantom_parser, real_or_phantoms
+from .scaffold import run_phantom_command, sync_dataset_json, write_case_files, write_cases
 
 logger = logging.getLogger(__name__)
 

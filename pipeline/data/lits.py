@@ -61,20 +61,9 @@ from scipy import ndimage
 from pipeline.io.datasets import LITS_SEGMENTATION_RE, LITS_VOLUME_RE, index_lits
 from pipeline.io.files import nifti_image
 
-from .scaffold import (
-    DATASET_JSON,
-    Field,
-    Grid,
-    case_indices,
-    check_shape,
-    phantom_parser,
-    real_or_phantoms,
-    run_phantom_command,
-    segment_mask,
-    sync_dataset_json,
-    write_case_files,
-    write_cases,
-)
+from .scaffold import DATASET_JSON, Field, Grid, acquire_ct, case_indices, case_rngs, check_shape, grid_affine
+from .scaffold import phantom_parser, real_or_phantoms, run_phantom_command, segment_mask, sync_dataset_json
+from .scaffold import write_case_files, write_cases
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +81,6 @@ TISSUES: dict[str, int] = {
 GENERATOR = "pipeline.data.lits"
 GENERATOR_VERSION = 1
 _T = TISSUES
-_HU_MIN, _HU_MAX = -1024, 3071
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -637,30 +625,10 @@ class _Phantom:
     noise_sigma: float
 
 
-def _affine(anat: _Anatomy, grid: Grid) -> np.ndarray:
-    """Diagonal RAS+ voxel-to-world affine; the world origin is the case's table position."""
-    affine = np.diag([*anat.spacing, 1.0])
-    affine[:3, 3] = anat.origin + np.array([grid.xs[0], grid.ys[0], grid.zs[0]])
-    return affine
-
-
-def _acquire(anat: _Anatomy, hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Partial-volume blur, Gaussian noise, rounding to int16 HU."""
-    out = ndimage.gaussian_filter(hu, sigma=(anat.blur_xy, anat.blur_xy, 0.4), mode="nearest", truncate=3.0)
-    noise = rng.standard_normal(out.shape, dtype=np.float32)
-    noise *= anat.noise_sigma
-    out += noise
-    np.rint(out, out=out)
-    np.clip(out, _HU_MIN, _HU_MAX, out=out)
-    return out.astype(np.int16)
-
-
 def _render_case(index: int, shape: Sequence[int] = (128, 128, 32), seed: int = 0) -> _Phantom:
     """Render case ``index`` of ``seed`` on a grid of ``shape`` (see the module docstring)."""
-    if int(index) != index or index < 0:
-        raise ValueError(f"case index must be a non-negative integer, got {index!r}")
+    rng_anatomy, rng_place, rng_noise = case_rngs(seed, index)
     shape = check_shape(shape)
-    rng_anatomy, rng_place, rng_noise = np.random.default_rng([int(seed), int(index)]).spawn(3)
     anat = _draw_anatomy(rng_anatomy)
     grid = _place_fov(anat, shape, rng_place)
     scene = _compose(anat, grid)
@@ -668,8 +636,9 @@ def _render_case(index: int, shape: Sequence[int] = (128, 128, 32), seed: int = 
     _paint_vessels(anat, grid, scene, lesion, rng_place)
     segmentation = scene.liver.astype(np.uint8)
     segmentation[lesion] = 2
-    volume = _acquire(anat, scene.hu, rng_noise)
-    return _Phantom(volume, segmentation, _affine(anat, grid), scene.tissue, anat.spacing, anat.noise_sigma)
+    volume = acquire_ct(scene.hu, anat.blur_xy, anat.noise_sigma, rng_noise)
+    affine = grid_affine(anat.spacing, anat.origin, grid)
+    return _Phantom(volume, segmentation, affine, scene.tissue, anat.spacing, anat.noise_sigma)
 
 
 def make_lits_case(index: int, shape: tuple[int, int, int] = (128, 128, 32),

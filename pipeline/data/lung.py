@@ -76,20 +76,9 @@ from scipy import ndimage
 from pipeline.io.datasets import IMAGES_DIR, LUNG_IMAGE_RE, MASKS_DIR, index_lung
 from pipeline.io.files import nifti_image
 
-from .scaffold import (
-    DATASET_JSON,
-    Field,
-    Grid,
-    case_indices,
-    check_shape,
-    phantom_parser,
-    real_or_phantoms,
-    run_phantom_command,
-    segment_mask,
-    sync_dataset_json,
-    write_case_files,
-    write_cases,
-)
+from .scaffold import DATASET_JSON, Field, Grid, acquire_ct, case_indices, case_rngs, check_shape, grid_affine
+from .scaffold import phantom_parser, real_or_phantoms, run_phantom_command, segment_mask, sync_dataset_json
+from .scaffold import write_case_files, write_cases
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +92,6 @@ GENERATOR = "pipeline.data.lung"
 GENERATOR_VERSION = 1
 DEFAULT_SHAPE = (128, 128, 48)
 _T = TISSUES
-_HU_MIN, _HU_MAX = -1024, 3071
 _GENERATIONS = 7  # branchings after the trunk
 
 
@@ -577,30 +565,10 @@ def _place_grid(anat: _Anatomy, shape: tuple[int, int, int], rng: np.random.Gene
     return Grid.centred(shape, (pixel, pixel, anat.thickness), (0.0, rng.uniform(-5, 5), z))
 
 
-def _affine(anat: _Anatomy, grid: Grid) -> np.ndarray:
-    """Diagonal RAS+ voxel-to-world affine; the world origin is the case's table position."""
-    affine = np.diag([*grid.spacing, 1.0])
-    affine[:3, 3] = anat.origin + np.array([grid.xs[0], grid.ys[0], grid.zs[0]])
-    return affine
-
-
-def _acquire(anat: _Anatomy, hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Partial-volume blur, Gaussian noise, rounding to int16 HU."""
-    out = ndimage.gaussian_filter(hu, sigma=(anat.blur_xy, anat.blur_xy, 0.4), mode="nearest", truncate=3.0)
-    noise = rng.standard_normal(out.shape, dtype=np.float32)
-    noise *= anat.noise_sigma
-    out += noise
-    np.rint(out, out=out)
-    np.clip(out, _HU_MIN, _HU_MAX, out=out)
-    return out.astype(np.int16)
-
-
 def _render_case(index: int, shape: Sequence[int] = DEFAULT_SHAPE, seed: int = 0) -> _Phantom:
     """Render case ``index`` of ``seed`` on a grid of ``shape`` (see the module docstring)."""
-    if int(index) != index or index < 0:
-        raise ValueError(f"case index must be a non-negative integer, got {index!r}")
+    rng_anatomy, rng_place, rng_noise = case_rngs(seed, index)
     shape = check_shape(shape)
-    rng_anatomy, rng_place, rng_noise = np.random.default_rng([int(seed), int(index)]).spawn(3)
     anat = _draw_anatomy(rng_anatomy)
     grid = _place_grid(anat, shape, rng_place)
     scene = _compose(anat, grid)
@@ -608,8 +576,9 @@ def _render_case(index: int, shape: Sequence[int] = DEFAULT_SHAPE, seed: int = 0
     cavity_edge = (depth - inner) < anat.lungs.margin + 1.5 * max(grid.spacing[:2])
     _paint_vessels(anat, grid, scene, rng_place)
     inner_nodules, pleural_nodules = _paint_nodules(anat, grid, scene, cavity_edge, rng_place)
-    volume = _acquire(anat, scene.hu, rng_noise)
-    return _Phantom(volume, scene.label, _affine(anat, grid), scene.tissue, inner_nodules, pleural_nodules,
+    volume = acquire_ct(scene.hu, anat.blur_xy, anat.noise_sigma, rng_noise)
+    affine = grid_affine(grid.spacing, anat.origin, grid)
+    return _Phantom(volume, scene.label, affine, scene.tissue, inner_nodules, pleural_nodules,
                     grid.spacing, anat.noise_sigma)
 
 
@@ -702,47 +671,19 @@ def generate_lung_phantoms(out_dir: str | Path, num_cases: int = 18, shape: Sequ
                            progress: bool = True) -> list[dict[str, str]]:
     """Write synthetic cases ``imagesTr/lung_NNN_0000.nii.gz`` / ``masksTr/lung_NNN_0000.nii.gz`` and ``dataset.json``.
 
-    Files are written atomically. A case whose two files both exist is skipped (so re-running is idempotent)
-    unless ``overwrite`` is set.
-
-    Args:
-        out_dir: output folder (created if needed).
-        num_cases: number of cases.
-        shape: grid size (x, y, z) of every case.
-        seed: dataset seed.
-        start_index: number ``N`` of the first case.
-        overwrite: regenerate cases whose files exist.
-        progress: show a progress bar.
+    Arguments, idempotence and errors as :func:`pipeline.data.lits.generate_lits_phantoms`.
 
     Returns:
         The datalist ``[{"image": image path, "label": mask path, "case": "lung_NNN"}, ...]``.
-
-    Raises:
-        ValueError: for invalid arguments, a case with only one of its two files (without ``overwrite``), a folder
-            holding phantoms of other settings (per its ``dataset.json``) or images/masks without ``dataset.json``.
     """
     return _generate(out_dir, num_cases, shape, seed, start_index, overwrite, progress)[0]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------------
-
-
 def lung_datalist(dataset_dir: str | Path | None, synthetic_dir: str | Path, num_cases: int = 18,
                   shape: Sequence[int] = DEFAULT_SHAPE, seed: int = 0) -> list[dict[str, str]]:
-    """Datalist of a real Learn2Reg-style lung folder ``dataset_dir``, or of synthetic phantoms when it is not given.
-
-    Args:
-        dataset_dir: real folder (``imagesTr/`` + ``masksTr/``, never written to); None, ``""`` or ``"synthetic"``
-            selects the phantoms.
-        synthetic_dir: folder of the phantoms, generated there if missing (idempotent).
-        num_cases: number of phantoms.
-        shape: phantom grid size.
-        seed: phantom seed.
-
-    Returns:
-        The datalist sorted by case (for phantoms: ``lung_000 .. lung_{num_cases - 1}``).
+    """Datalist of a real Learn2Reg-style lung folder ``dataset_dir`` (``imagesTr/`` + ``masksTr/``, never written
+    to), or of synthetic phantoms when it is None, ``""`` or ``"synthetic"``; arguments as
+    :func:`pipeline.data.lits.lits_datalist`. Sorted by case (phantoms: ``lung_000 .. lung_{num_cases - 1}``).
 
     Raises:
         LayoutError: if ``dataset_dir`` is not in the Learn2Reg lung layout.

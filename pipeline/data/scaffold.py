@@ -14,6 +14,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 from tqdm import tqdm
 
 from pipeline.io.files import atomic_write
@@ -24,8 +25,11 @@ __all__ = [
     "DATASET_JSON",
     "Field",
     "Grid",
+    "acquire_ct",
     "case_indices",
+    "case_rngs",
     "check_shape",
+    "grid_affine",
     "phantom_parser",
     "real_or_phantoms",
     "run_phantom_command",
@@ -271,3 +275,29 @@ def real_or_phantoms(dataset_dir: str | Path | None, synthetic_dir: str | Path,
         return index(dataset_dir)
     wanted = {entry["case"] for entry in generate()}
     return [entry for entry in index(synthetic_dir) if entry["case"] in wanted]
+
+
+
+def case_rngs(seed: int, index: int, count: int = 3) -> list[np.random.Generator]:
+    """Independent generators of case ``index`` of data set ``seed`` (anatomy, placement, noise, ...)."""
+    if int(index) != index or index < 0:
+        raise ValueError(f"case index must be a non-negative integer, got {index!r}")
+    return np.random.default_rng([int(seed), int(index)]).spawn(count)
+
+
+def grid_affine(spacing: Sequence[float], origin: np.ndarray, grid: Grid) -> np.ndarray:
+    """Diagonal RAS+ voxel-to-world affine of ``grid``; the world origin is the case's table position ``origin``."""
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = origin + np.array([grid.xs[0], grid.ys[0], grid.zs[0]])
+    return affine
+
+
+def acquire_ct(hu: np.ndarray, blur_xy: float, noise_sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """A CT acquisition of an HU map: partial-volume blur, Gaussian noise, rounding to int16 HU in [-1024, 3071]."""
+    out = ndimage.gaussian_filter(hu, sigma=(blur_xy, blur_xy, 0.4), mode="nearest", truncate=3.0)
+    noise = rng.standard_normal(out.shape, dtype=np.float32)
+    noise *= noise_sigma
+    out += noise
+    np.rint(out, out=out)
+    np.clip(out, -1024, 3071, out=out)
+    return out.astype(np.int16)

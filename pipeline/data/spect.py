@@ -84,16 +84,8 @@ from scipy.special import erf
 from pipeline.io.datasets import SPECT_CASE_RE, index_spect
 from pipeline.io.files import nifti_image
 
-from .scaffold import (
-    DATASET_JSON,
-    case_indices,
-    check_shape,
-    phantom_parser,
-    real_or_phantoms,
-    run_phantom_command,
-    sync_dataset_json,
-    write_cases,
-)
+from .scaffold import DATASET_JSON, case_indices, check_shape, phantom_parser, real_or_phantoms, run_phantom_command
+from .scaffold import sync_dataset_json, write_cases
 
 logger = logging.getLogger(__name__)
 

@@ -46,17 +46,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.evaluation.metrics import dice_jaccard
 from pipeline.io.files import sha256_prefix
-from pipeline.refine.iteration import (
-    choose_k,
-    iterate_refinement,
-    pad_to_multiple,
-    pearson_r,
-    refine_forward,
-    slice_dice,
-    stack_slices,
-    stop_step,
-    volume_quality,
-)
+from pipeline.refine.iteration import choose_k, iterate_refinement, pad_to_multiple, pearson_r, refine_forward
+from pipeline.refine.iteration import slice_dice, stack_slices, stop_step, volume_quality
 from transforms.slices import plain_tensor
 
 logger = logging.getLogger(__name__)
