@@ -112,6 +112,13 @@ def _logged(per_image: torch.Tensor, reduction: str, shape: torch.Size) -> float
     return float(_reduce(per_image.detach(), reduction, shape).sum())
 
 
+def _data_terms(u: torch.Tensor, fitting: torch.Tensor, distance: torch.Tensor, lam: float,
+                theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample ``lam * sum(Phi u)`` and ``theta * sum(D_G u)``, shape ``(B,)`` each."""
+    return (lam * (fitting * u).flatten(start_dim=1).sum(dim=1),
+            theta * (distance * u).flatten(start_dim=1).sum(dim=1))
+
+
 class SelectiveLoss(_Loss):
     """Selective loss with explicit regularisation, eq. (3) of Burrows et al. (2021) (methods M1, M2).
 
@@ -188,8 +195,7 @@ class SelectiveLoss(_Loss):
             maps.append(edge)
         dtype = compute_dtype(*maps)
         u_, fitting_, distance_ = (t.to(dtype) for t in maps[:3])
-        fit = self.lam * (fitting_ * u_).flatten(start_dim=1).sum(dim=1)
-        geo = self.theta * (distance_ * u_).flatten(start_dim=1).sum(dim=1)
+        fit, geo = _data_terms(u_, fitting_, distance_, self.lam, self.theta)
         if self.mu > 0:
             reg = self.mu * weighted_tv(u_, None if edge is None else edge.to(dtype), self.eps)
         else:
@@ -255,12 +261,7 @@ class DIPSelectiveLoss(_Loss):
             fitting: fitting map ``Phi(f, c1)``, the same shape.
             distance: normalised geodesic distance ``D_G``, the same shape.
 
-        Returns:
-            A scalar for ``"sum"`` / ``"mean"``; a tensor of shape ``(B, 1, 1, 1[, 1])`` for ``"none"``.
-
-        Raises:
-            ValueError: ``u_vm`` not ``B1H[WD]`` floating point, or another argument of a different shape or not
-                floating point (the message names the argument).
+        Returns and raises as :meth:`SelectiveLoss.forward` (``u_vm`` in the place of ``u``).
         """
         _check_u(u_vm, "u_vm")
         _check_like(u_dip, "u_dip", u_vm, "u_vm")
@@ -268,9 +269,7 @@ class DIPSelectiveLoss(_Loss):
         _check_like(distance, "distance", u_vm, "u_vm")
         dtype = compute_dtype(u_vm, u_dip, fitting, distance)
         u_vm_, u_dip_, fitting_, distance_ = (t.to(dtype) for t in (u_vm, u_dip, fitting, distance))
-        u = u_vm_ * u_dip_
-        fit = self.lam * (fitting_ * u).flatten(start_dim=1).sum(dim=1)
-        geo = self.theta * (distance_ * u).flatten(start_dim=1).sum(dim=1)
+        fit, geo = _data_terms(u_vm_ * u_dip_, fitting_, distance_, self.lam, self.theta)
         coupling = 0.5 * (u_dip_ - u_vm_).square().flatten(start_dim=1).sum(dim=1)
         self.last_fitting = _logged(fit, self.reduction, u_vm.shape)
         self.last_geodesic = _logged(geo, self.reduction, u_vm.shape)

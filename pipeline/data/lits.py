@@ -61,9 +61,9 @@ from scipy import ndimage
 from pipeline.io.datasets import LITS_SEGMENTATION_RE, LITS_VOLUME_RE, index_lits
 from pipeline.io.files import nifti_image
 
-from .scaffold import DATASET_JSON, Field, Grid, acquire_ct, case_indices, case_rngs, check_shape, grid_affine
-from .scaffold import phantom_parser, real_or_phantoms, run_phantom_command, segment_mask, sync_dataset_json
-from .scaffold import write_case_files, write_cases
+from .scaffold import DATASET_JSON, BodyWall, Field, Grid, acquire_ct, case_indices, case_rngs, check_shape
+from .scaffold import draw_body_wall, ellipse, grid_affine, phantom_parser, real_or_phantoms, run_phantom_command
+from .scaffold import segment_mask, sync_dataset_json, wall_layers, write_case_files, write_cases
 
 logger = logging.getLogger(__name__)
 
@@ -99,22 +99,6 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 # Anatomy parameters (drawn independently of the grid)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Body:
-    """Body outline (semi-axes ``a`` x ``b`` mm) and wall: skin, fat (thickness modulated by angle), muscle."""
-
-    a: float
-    b: float
-    skin: float
-    fat: float
-    fat_mod: float
-    fat_angle: float
-    muscle: float
-    skin_hu: float
-    fat_hu: float
-    muscle_hu: float
 
 
 @dataclass(frozen=True)
@@ -190,7 +174,7 @@ class _Anatomy:
 
     spacing: tuple[float, float, float]
     origin: np.ndarray
-    body: _Body
+    body: BodyWall
     spine: _Spine
     viscera: _Viscera
     kidneys: tuple[_Ellipsoid, ...]
@@ -209,18 +193,12 @@ def _draw_spacing(rng: np.random.Generator) -> tuple[float, float, float]:
     return pixel, pixel, thickness
 
 
-def _draw_body(rng: np.random.Generator, pixel: float) -> _Body:
+def _draw_body(rng: np.random.Generator, pixel: float) -> BodyWall:
     """Body ellipse fitting a 512-pixel reconstruction with at least 12 mm of air on either side."""
-    a = min(float(rng.uniform(140.0, 172.0)), 256.0 * pixel - 12.0)
-    return _Body(
-        a=a, b=a * float(rng.uniform(0.68, 0.78)), skin=float(rng.uniform(1.5, 2.5)), fat=float(rng.uniform(10, 28)),
-        fat_mod=float(rng.uniform(0.1, 0.4)), fat_angle=float(rng.uniform(0, 2 * np.pi)),
-        muscle=float(rng.uniform(7, 14)), skin_hu=float(rng.uniform(20, 40)), fat_hu=float(rng.uniform(-115, -85)),
-        muscle_hu=float(rng.uniform(40, 60)),
-    )
+    return draw_body_wall(rng, (140.0, 172.0), (0.68, 0.78), (10, 28), (7, 14), max_a=256.0 * pixel - 12.0)
 
 
-def _draw_spine(rng: np.random.Generator, body: _Body) -> _Spine:
+def _draw_spine(rng: np.random.Generator, body: BodyWall) -> _Spine:
     """Vertebral column about 60-80 mm in front of the back skin, with aorta and IVC in front of it."""
     y, a, b = -body.b + float(rng.uniform(62, 78)), float(rng.uniform(18, 24)), float(rng.uniform(14, 18))
     return _Spine(
@@ -236,7 +214,7 @@ def _draw_spine(rng: np.random.Generator, body: _Body) -> _Spine:
     )
 
 
-def _draw_liver(rng: np.random.Generator, body: _Body) -> _Liver:
+def _draw_liver(rng: np.random.Generator, body: BodyWall) -> _Liver:
     """Liver in the patient's right, reaching the right body wall and crossing the midline anteriorly."""
     centre = np.array([rng.uniform(0.30, 0.40) * body.a, rng.uniform(0.0, 0.12) * body.b, 0.0])
     semi = np.array([rng.uniform(0.55, 0.65) * body.a, rng.uniform(0.62, 0.75) * body.b, rng.uniform(75, 95)])
@@ -312,42 +290,27 @@ class _Scene:
     liver: np.ndarray
 
 
-def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
-    """Normalised elliptic radius (1 on the boundary)."""
-    return np.sqrt(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2)
-
-
-def _body_layers(body: _Body, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _body_layers(body: BodyWall, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """2-D tissue, HU and cavity mask of the body wall (skin, fat, muscle) and air."""
-    theta, radius = np.arctan2(y, x), np.hypot(x, y)
-    edge = body.a * body.b / np.sqrt((body.b * np.cos(theta)) ** 2 + (body.a * np.sin(theta)) ** 2)
-    depth = edge - radius
-    fat_depth = body.skin + body.fat * (1.0 + body.fat_mod * np.cos(theta - body.fat_angle))
-    tissue = np.full(depth.shape, _T["air"], np.uint8)
-    hu = np.full(depth.shape, -1000.0, np.float32)
-    for lo, name, value in ((0.0, "soft_tissue", body.skin_hu), (body.skin, "fat", body.fat_hu),
-                            (fat_depth, "muscle", body.muscle_hu)):
-        mask = depth >= lo
-        tissue[mask], hu[mask] = _T[name], value
-    return tissue, hu, depth >= fat_depth + body.muscle
+    tissue, hu, depth, inner = wall_layers(body, x, y, _T)
+    return tissue, hu, depth >= inner
 
-
-def _spine_parts(spine: _Spine, body: _Body, x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, str, float]]:
+def _spine_parts(spine: _Spine, body: BodyWall, x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, str, float]]:
     """2-D masks (painted in order) of the paraspinal muscles, vertebra, neural arch, canal, aorta and IVC."""
     canal_y = spine.y - spine.b - spine.canal_r - 1.0
     back = -body.b + body.skin + body.fat * (1.0 - body.fat_mod) + 4.0
     canal_r = np.hypot(x, y - canal_y)
     arch = (canal_r < spine.canal_r + 4.5) | ((np.abs(x) < 4.0) & (y < canal_y) & (y > back))
-    arch |= _ellipse(np.abs(x), y, spine.a + 4.0, canal_y + 3.0, 14.0, 4.0) < 1
-    rho = _ellipse(x, y, 0.0, spine.y, spine.a, spine.b)
+    arch |= ellipse(np.abs(x), y, spine.a + 4.0, canal_y + 3.0, 14.0, 4.0) < 1
+    rho = ellipse(x, y, 0.0, spine.y, spine.a, spine.b)
     return [
-        ((_ellipse(np.abs(x), y, 32.0, canal_y - 8.0, 24.0, 20.0) < 1) & (y > back), "muscle", body.muscle_hu),
+        ((ellipse(np.abs(x), y, 32.0, canal_y - 8.0, 24.0, 20.0) < 1) & (y > back), "muscle", body.muscle_hu),
         (arch, "bone", spine.arch_hu),
         (canal_r < spine.canal_r, "fluid", 15.0),
         (rho < 1, "bone", spine.cancellous_hu),
         ((rho < 1) & ((1 - rho) * min(spine.a, spine.b) < spine.cortex), "bone", spine.cortex_hu),
         (np.hypot(x - spine.aorta[0], y - spine.aorta[1]) < spine.aorta[2], "vessel", spine.aorta_hu),
-        (_ellipse(x, y, *spine.ivc) < 1, "vessel", spine.ivc_hu),
+        (ellipse(x, y, *spine.ivc) < 1, "vessel", spine.ivc_hu),
     ]
 
 
@@ -360,7 +323,7 @@ def _cross_section(anat: _Anatomy, grid: Grid) -> tuple[np.ndarray, np.ndarray, 
         mask = mask & inside
         tissue[mask], hu[mask] = _T[name], value
         cavity &= ~mask
-    vertebra = _ellipse(x, y, 0.0, anat.spine.y, anat.spine.a, anat.spine.b) < 1
+    vertebra = ellipse(x, y, 0.0, anat.spine.y, anat.spine.a, anat.spine.b) < 1
     return tissue, hu, cavity, vertebra
 
 
@@ -429,7 +392,7 @@ def _compose(anat: _Anatomy, grid: Grid) -> _Scene:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _distance_to_skin(body: _Body, point: np.ndarray, direction: np.ndarray) -> float:
+def _distance_to_skin(body: BodyWall, point: np.ndarray, direction: np.ndarray) -> float:
     """Distance (mm) from an inner ``point`` along unit ``direction`` to the body outline."""
     a = (direction[0] / body.a) ** 2 + (direction[1] / body.b) ** 2
     b = 2.0 * (point[0] * direction[0] / body.a**2 + point[1] * direction[1] / body.b**2)

@@ -76,9 +76,9 @@ from scipy import ndimage
 from pipeline.io.datasets import IMAGES_DIR, LUNG_IMAGE_RE, MASKS_DIR, index_lung
 from pipeline.io.files import nifti_image
 
-from .scaffold import DATASET_JSON, Field, Grid, acquire_ct, case_indices, case_rngs, check_shape, grid_affine
-from .scaffold import phantom_parser, real_or_phantoms, run_phantom_command, segment_mask, sync_dataset_json
-from .scaffold import write_case_files, write_cases
+from .scaffold import DATASET_JSON, BodyWall, Field, Grid, acquire_ct, case_indices, case_rngs, check_shape
+from .scaffold import draw_body_wall, ellipse, grid_affine, phantom_parser, real_or_phantoms, run_phantom_command
+from .scaffold import segment_mask, sync_dataset_json, wall_layers, write_case_files, write_cases
 
 logger = logging.getLogger(__name__)
 
@@ -98,22 +98,6 @@ _GENERATIONS = 7  # branchings after the trunk
 # ----------------------------------------------------------------------------------------------------------------
 # Anatomy parameters (drawn independently of the grid)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Wall:
-    """Body outline (semi-axes ``a`` x ``b`` mm) and wall: skin, fat (thickness modulated by angle), muscle."""
-
-    a: float
-    b: float
-    skin: float
-    fat: float
-    fat_mod: float
-    fat_angle: float
-    muscle: float
-    skin_hu: float
-    fat_hu: float
-    muscle_hu: float
 
 
 @dataclass(frozen=True)
@@ -190,7 +174,7 @@ class _Anatomy:
     fov_factor: float
     thickness: float
     origin: np.ndarray
-    wall: _Wall
+    wall: BodyWall
     bones: _Bones
     mediastinum: _Mediastinum
     lungs: _Lungs
@@ -201,18 +185,12 @@ class _Anatomy:
     blur_xy: float
 
 
-def _draw_wall(rng: np.random.Generator) -> _Wall:
+def _draw_wall(rng: np.random.Generator) -> BodyWall:
     """Thorax outline and wall layers."""
-    a = float(rng.uniform(135, 165))
-    return _Wall(
-        a=a, b=a * float(rng.uniform(0.63, 0.74)), skin=float(rng.uniform(1.5, 2.5)), fat=float(rng.uniform(6, 20)),
-        fat_mod=float(rng.uniform(0.1, 0.4)), fat_angle=float(rng.uniform(0, 2 * np.pi)),
-        muscle=float(rng.uniform(12, 20)), skin_hu=float(rng.uniform(20, 40)), fat_hu=float(rng.uniform(-115, -85)),
-        muscle_hu=float(rng.uniform(40, 60)),
-    )
+    return draw_body_wall(rng, (135, 165), (0.63, 0.74), (6, 20), (12, 20))
 
 
-def _draw_bones(rng: np.random.Generator, wall: _Wall) -> _Bones:
+def _draw_bones(rng: np.random.Generator, wall: BodyWall) -> _Bones:
     """Vertebral body 45-60 mm in front of the back skin; ribs and costal cartilage."""
     return _Bones(
         y=-wall.b + float(rng.uniform(48, 60)), a=float(rng.uniform(17, 21)), b=float(rng.uniform(14, 17)),
@@ -224,7 +202,7 @@ def _draw_bones(rng: np.random.Generator, wall: _Wall) -> _Bones:
     )
 
 
-def _draw_mediastinum(rng: np.random.Generator, wall: _Wall, bones: _Bones, contrast: bool) -> _Mediastinum:
+def _draw_mediastinum(rng: np.random.Generator, wall: BodyWall, bones: _Bones, contrast: bool) -> _Mediastinum:
     """Mediastinal band, heart on the patient's left (-x), aortas, trachea."""
     front = bones.y + bones.b
     aorta_hu = float(rng.uniform(150, 250)) if contrast else float(rng.uniform(40, 50))
@@ -242,7 +220,7 @@ def _draw_mediastinum(rng: np.random.Generator, wall: _Wall, bones: _Bones, cont
     )
 
 
-def _draw_lungs(rng: np.random.Generator, wall: _Wall) -> _Lungs:
+def _draw_lungs(rng: np.random.Generator, wall: BodyWall) -> _Lungs:
     """Lung ellipses reaching beyond the rib cage (which clips them), about 220-260 mm tall."""
     height = float(rng.uniform(220, 260))
     right_base = -0.5 * height + float(rng.uniform(0, 15))
@@ -298,38 +276,22 @@ class _Scene:
     label: np.ndarray
 
 
-def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
-    """Normalised elliptic radius (1 on the boundary)."""
-    return np.sqrt(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2)
-
-
-def _wall_layers(wall: _Wall, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _wall_layers(wall: BodyWall, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """2-D tissue, HU, depth below the skin (mm) and depth of the inner surface of the muscle wall."""
-    theta, radius = np.arctan2(y, x), np.hypot(x, y)
-    edge = wall.a * wall.b / np.sqrt((wall.b * np.cos(theta)) ** 2 + (wall.a * np.sin(theta)) ** 2)
-    depth = edge - radius
-    fat_depth = wall.skin + wall.fat * (1.0 + wall.fat_mod * np.cos(theta - wall.fat_angle))
-    tissue = np.full(depth.shape, _T["air"], np.uint8)
-    hu = np.full(depth.shape, -1000.0, np.float32)
-    for lo, name, value in ((0.0, "soft_tissue", wall.skin_hu), (wall.skin, "fat", wall.fat_hu),
-                            (fat_depth, "muscle", wall.muscle_hu)):
-        mask = depth >= lo
-        tissue[mask], hu[mask] = _T[name], value
-    return tissue, hu, depth, fat_depth + wall.muscle
+    return wall_layers(wall, x, y, _T)
 
-
-def _spine_parts(bones: _Bones, wall: _Wall, x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, str, float]]:
+def _spine_parts(bones: _Bones, wall: BodyWall, x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, str, float]]:
     """2-D masks (painted in order) of the paraspinal muscles, neural arch, canal, vertebral body and sternum."""
     canal_y = bones.y - bones.b - bones.canal_r - 1.0
     back = -wall.b + wall.skin + wall.fat * (1.0 - wall.fat_mod) + 3.0
     canal_r = np.hypot(x, y - canal_y)
     arch = (canal_r < bones.canal_r + 4.5) | ((np.abs(x) < 4.0) & (y < canal_y) & (y > back))
-    arch |= _ellipse(np.abs(x), y, bones.a + 6.0, canal_y + 2.0, 16.0, 4.5) < 1
-    rho = _ellipse(x, y, 0.0, bones.y, bones.a, bones.b)
+    arch |= ellipse(np.abs(x), y, bones.a + 6.0, canal_y + 2.0, 16.0, 4.5) < 1
+    rho = ellipse(x, y, 0.0, bones.y, bones.a, bones.b)
     sternum_y = wall.b - wall.skin - wall.fat - 0.5 * wall.muscle
-    sternum = _ellipse(x, y, 0.0, sternum_y, 16.0, 6.0)
+    sternum = ellipse(x, y, 0.0, sternum_y, 16.0, 6.0)
     return [
-        ((_ellipse(np.abs(x), y, 30.0, canal_y - 6.0, 24.0, 20.0) < 1) & (y > back), "muscle", wall.muscle_hu),
+        ((ellipse(np.abs(x), y, 30.0, canal_y - 6.0, 24.0, 20.0) < 1) & (y > back), "muscle", wall.muscle_hu),
         (arch, "bone", bones.arch_hu),
         (canal_r < bones.canal_r, "fluid", 15.0),
         (rho < 1, "bone", bones.cancellous_hu),
@@ -368,7 +330,7 @@ def _mediastinum_mask(anat: _Anatomy, grid: Grid, x: np.ndarray, y: np.ndarray) 
     above = zs > med.carina_z
     trachea_wall = (trachea_r < med.trachea[2] + 2.0) & above
     trachea = (trachea_r < med.trachea[2]) & above
-    paraspinal = (_ellipse(x, y, 0.0, bones.y, bones.a + 14.0, bones.b + 8.0) < 1)[:, :, None]
+    paraspinal = (ellipse(x, y, 0.0, bones.y, bones.a + 14.0, bones.b + 8.0) < 1)[:, :, None]
     whole = band | heart | desc | asc | trachea_wall | paraspinal
     return whole, heart & ~desc & ~asc, desc | asc, trachea
 
@@ -385,7 +347,7 @@ def _lung_masks(anat: _Anatomy, grid: Grid, x: np.ndarray, y: np.ndarray, cavity
     med = ndimage.binary_dilation(mediastinum, iterations=1)
     label = np.zeros(grid.shape, np.uint8)
     for value, side, base in ((1, -1.0, lungs.base_z[0]), (2, 1.0, lungs.base_z[1])):
-        rho = _ellipse(x, y, side * lungs.cx, lungs.cy, lungs.ax, lungs.ay)
+        rho = ellipse(x, y, side * lungs.cx, lungs.cy, lungs.ax, lungs.ay)
         level = rho[:, :, None] / scale[None, None, :] + field
         dome = base + lungs.dome * np.clip(1.0 - rho**2, 0.0, 1.0)
         mask = (level < 1.0) & (zs[None, None, :] > dome[:, :, None]) & inner & ~med & (side * x > 0)[:, :, None]

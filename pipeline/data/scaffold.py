@@ -25,7 +25,10 @@ __all__ = [
     "DATASET_JSON",
     "Field",
     "Grid",
+    "BodyWall",
     "acquire_ct",
+    "draw_body_wall",
+    "ellipse",
     "case_indices",
     "case_rngs",
     "check_shape",
@@ -35,6 +38,7 @@ __all__ = [
     "run_phantom_command",
     "segment_mask",
     "sync_dataset_json",
+    "wall_layers",
     "write_case_files",
     "write_cases",
 ]
@@ -301,3 +305,54 @@ def acquire_ct(hu: np.ndarray, blur_xy: float, noise_sigma: float, rng: np.rando
     np.rint(out, out=out)
     np.clip(out, -1024, 3071, out=out)
     return out.astype(np.int16)
+
+
+
+@dataclass(frozen=True)
+class BodyWall:
+    """Body outline (semi-axes ``a`` x ``b`` mm) and wall: skin, fat (thickness modulated by angle), muscle."""
+
+    a: float
+    b: float
+    skin: float
+    fat: float
+    fat_mod: float
+    fat_angle: float
+    muscle: float
+    skin_hu: float
+    fat_hu: float
+    muscle_hu: float
+
+
+def draw_body_wall(rng: np.random.Generator, a_mm: tuple[float, float], ratio: tuple[float, float],
+                   fat_mm: tuple[float, float], muscle_mm: tuple[float, float], max_a: float | None = None) -> BodyWall:
+    """A body wall with semi-axis ``a`` in ``a_mm`` (at most ``max_a``), ``b = a * ratio``, fat and muscle layers."""
+    a = float(rng.uniform(*a_mm))
+    a = min(a, max_a) if max_a is not None else a
+    return BodyWall(
+        a=a, b=a * float(rng.uniform(*ratio)), skin=float(rng.uniform(1.5, 2.5)), fat=float(rng.uniform(*fat_mm)),
+        fat_mod=float(rng.uniform(0.1, 0.4)), fat_angle=float(rng.uniform(0, 2 * np.pi)),
+        muscle=float(rng.uniform(*muscle_mm)), skin_hu=float(rng.uniform(20, 40)), fat_hu=float(rng.uniform(-115, -85)),
+        muscle_hu=float(rng.uniform(40, 60)),
+    )
+
+
+def ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
+    """Normalised elliptic radius (1 on the boundary)."""
+    return np.sqrt(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2)
+
+
+def wall_layers(wall: BodyWall, x: np.ndarray, y: np.ndarray,
+                tissues: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """2-D tissue (codes of ``tissues``), HU, depth below the skin (mm) and depth of the inner muscle surface."""
+    theta, radius = np.arctan2(y, x), np.hypot(x, y)
+    edge = wall.a * wall.b / np.sqrt((wall.b * np.cos(theta)) ** 2 + (wall.a * np.sin(theta)) ** 2)
+    depth = edge - radius
+    fat_depth = wall.skin + wall.fat * (1.0 + wall.fat_mod * np.cos(theta - wall.fat_angle))
+    tissue = np.full(depth.shape, tissues["air"], np.uint8)
+    hu = np.full(depth.shape, -1000.0, np.float32)
+    for lo, name, value in ((0.0, "soft_tissue", wall.skin_hu), (wall.skin, "fat", wall.fat_hu),
+                            (fat_depth, "muscle", wall.muscle_hu)):
+        mask = depth >= lo
+        tissue[mask], hu[mask] = tissues[name], value
+    return tissue, hu, depth, fat_depth + wall.muscle

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,26 @@ def _no_lits_volume(root: Path, files: Sequence[Path]) -> str:
     return f"no volume-N.nii[.gz] files under {root}; found instead: {names}{more}; {_LITS_LAYOUT}"
 
 
+def _pair(images: Mapping[Any, Path], labels: Mapping[Any, Path], require_labels: bool, case: Callable[[Any], str],
+          lacking: Callable[[list[Any], list[Any]], str], orphans_are: str) -> list[dict[str, str]]:
+    """Datalist of images (by key) with their labels; images without a label raise when ``require_labels``
+    (``lacking(missing, first five)`` is the message), labels without an image are logged and ignored."""
+    missing = sorted(set(images) - set(labels))
+    if missing and require_labels:
+        raise LayoutError(lacking(missing, missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    orphans = sorted(set(labels) - set(images))
+    if orphans:
+        logger.warning("%d %s (e.g. %s); ignored", len(orphans), orphans_are, labels[orphans[0]].name)
+    datalist = []
+    for key in sorted(images):
+        entry = {"image": str(images[key])}
+        if key in labels:
+            entry["label"] = str(labels[key])
+        entry["case"] = case(key)
+        datalist.append(entry)
+    return datalist
+
+
 def index_lits(root: str | Path, require_labels: bool = True) -> list[dict[str, str]]:
     """Datalist of a folder in the LiTS layout (searched recursively, e.g. ``Training Batch 1/``).
 
@@ -97,23 +118,10 @@ def index_lits(root: str | Path, require_labels: bool = True) -> list[dict[str, 
     if not volumes:
         raise LayoutError(_no_lits_volume(folder, files))
     labels = _collect_lits(files, LITS_SEGMENTATION_RE, folder)
-    missing = sorted(set(volumes) - set(labels))
-    if missing and require_labels:
-        names = ", ".join(str(volumes[n].relative_to(folder)) for n in missing[:5])
-        raise LayoutError(f"{len(missing)} volume(s) under {folder} lack segmentation-N.nii[.gz]: {names}"
-                          f"{' ...' if len(missing) > 5 else ''}")
-    orphans = sorted(set(labels) - set(volumes))
-    if orphans:
-        logger.warning("%d segmentation(s) under %s have no volume (e.g. %s); ignored", len(orphans), folder,
-                       labels[orphans[0]].name)
-    datalist = []
-    for number in sorted(volumes):
-        entry = {"image": str(volumes[number])}
-        if number in labels:
-            entry["label"] = str(labels[number])
-        entry["case"] = f"volume-{number}"
-        datalist.append(entry)
-    return datalist
+    return _pair(volumes, labels, require_labels, lambda n: f"volume-{n}",
+                 lambda missing, names: f"{len(missing)} volume(s) under {folder} lack segmentation-N.nii[.gz]: "
+                                        f"{', '.join(str(volumes[n].relative_to(folder)) for n in names)}",
+                 f"segmentation(s) under {folder} have no volume")
 
 def _collect_lung(folder: Path, phase: str | None) -> dict[str, Path]:
     """Key -> NIfTI file in ``folder`` (``<case>`` for one phase, ``<case>_<phase>`` for all phases)."""
@@ -169,23 +177,10 @@ def index_lung(root: str | Path, require_labels: bool = True, phase: str | None 
         masks: dict[str, Path] = {}
     else:
         masks = _collect_lung(masks_dir, phase)
-    missing = sorted(set(images) - set(masks))
-    if missing and require_labels:
-        names = ", ".join(images[k].name for k in missing[:5])
-        raise LayoutError(f"{len(missing)} image(s) in {images_dir} lack a mask of the same name in {masks_dir}: "
-                          f"{names}{' ...' if len(missing) > 5 else ''}")
-    orphans = sorted(set(masks) - set(images))
-    if orphans:
-        logger.warning("%d mask(s) in %s have no image (e.g. %s); ignored", len(orphans), masks_dir,
-                       masks[orphans[0]].name)
-    datalist = []
-    for key in sorted(images):
-        entry = {"image": str(images[key])}
-        if key in masks:
-            entry["label"] = str(masks[key])
-        entry["case"] = key
-        datalist.append(entry)
-    return datalist
+    return _pair(images, masks, require_labels, str,
+                 lambda missing, names: f"{len(missing)} image(s) in {images_dir} lack a mask of the same name in "
+                                        f"{masks_dir}: {', '.join(images[k].name for k in names)}",
+                 f"mask(s) in {masks_dir} have no image")
 
 
 def _find_nifti(folder: Path, stem: str) -> Path | None:

@@ -613,10 +613,7 @@ def elastica_segment(fitting: np.ndarray, distance: np.ndarray, lam: float = 2.0
     The algorithm and the choice of the defaults: module docstring, section "elastica_segment".
 
     Args:
-        fitting: fitting term ``Phi``, shape ``(H, W)``, negative inside the object.
-        distance: geodesic distance ``D_G``, same shape, normally in ``[0, 1]``.
-        lam: weight of the fitting term, >= 0.
-        theta: weight of the distance term, >= 0.
+        fitting, distance, lam, theta: as :func:`tv_segment`.
         alpha: length weight, >= 0.
         beta: curvature weight, >= 0.
         edge: optional edge weights ``g >= 0``, same shape; default 1.
@@ -628,15 +625,9 @@ def elastica_segment(fitting: np.ndarray, distance: np.ndarray, lam: float = 2.0
         max_iter: maximum number of ALM sweeps, >= 1.
         tol: stop when the relative change of the ALM's ``u`` between sweeps is below ``tol`` on an accepted
             sweep, >= 0.
-        init: optional initial guess (clipped to ``[0, 1]``); default ``1[lam Phi + theta D_G < 0]``.
-        progress: show a tqdm progress bar.
+        init, progress: as :func:`tv_segment`.
 
-    Returns:
-        A :class:`BaselineResult`; ``result.mask`` is the segmentation ``u > 0.5``.
-
-    Raises:
-        ValueError: arrays that are not 2D, differ in shape or hold NaN/inf; a negative edge weight; a bad
-            parameter value.
+    Returns and raises as :func:`tv_segment`.
     """
     c, g, u0 = _problem(fitting, distance, edge, init, lam, theta)
     alpha, beta = _scalar(alpha, "alpha"), _scalar(beta, "beta")
