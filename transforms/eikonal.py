@@ -130,19 +130,26 @@ def _plane_function(ndim: int, compile: bool) -> Callable:
     return _COMPILED[key]
 
 
+def _check_spacing(shape: Sequence[int], init_shape: Sequence[int],
+                   spacing: Sequence[float] | None) -> tuple[float, ...]:
+    """Check the shapes of cost and init; the voxel size per axis (1 where ``spacing`` is None)."""
+    if len(shape) not in (2, 3):
+        raise ValueError(f"sweep_travel_time needs a 2D or 3D cost, got shape {tuple(shape)}.")
+    if tuple(init_shape) != tuple(shape):
+        raise ValueError(f"init must have the cost's shape {tuple(shape)}, got {tuple(init_shape)}.")
+    values = (1.0,) * len(shape) if spacing is None else tuple(float(s) for s in spacing)
+    if len(values) != len(shape) or not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"spacing must hold one positive voxel size per axis ({len(shape)}), got {spacing}.")
+    return values
+
+
 def _check_inputs(cost: torch.Tensor, init: torch.Tensor, spacing: Sequence[float] | None) -> tuple[float, ...]:
-    if cost.ndim not in (2, 3):
-        raise ValueError(f"sweep_travel_time needs a 2D or 3D cost, got shape {tuple(cost.shape)}.")
-    if init.shape != cost.shape:
-        raise ValueError(f"init must have the cost's shape {tuple(cost.shape)}, got {tuple(init.shape)}.")
+    values = _check_spacing(tuple(cost.shape), tuple(init.shape), spacing)
     if not bool(torch.isfinite(init).any()):
         raise ValueError("init has no finite value: at least one voxel must have a known distance.")
     finite_cost = cost[torch.isfinite(init).logical_not()]
     if finite_cost.numel() and not bool((finite_cost > 0).all() & torch.isfinite(finite_cost).all()):
         raise ValueError("cost must be finite and > 0 wherever init is not given.")
-    values = (1.0,) * cost.ndim if spacing is None else tuple(float(s) for s in spacing)
-    if len(values) != cost.ndim or not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(f"spacing must hold one positive voxel size per axis ({cost.ndim}), got {spacing}.")
     return values
 
 
@@ -235,18 +242,12 @@ def _numba_kernels() -> dict[str, Callable]:
 
 def _check_inputs_numpy(cost: np.ndarray, init: np.ndarray, spacing: Sequence[float] | None) -> tuple[float, ...]:
     """:func:`_check_inputs` for numpy arrays."""
-    if cost.ndim not in (2, 3):
-        raise ValueError(f"sweep_travel_time needs a 2D or 3D cost, got shape {tuple(cost.shape)}.")
-    if init.shape != cost.shape:
-        raise ValueError(f"init must have the cost's shape {tuple(cost.shape)}, got {tuple(init.shape)}.")
+    values = _check_spacing(cost.shape, init.shape, spacing)
     fixed = np.isfinite(init)
     if not fixed.any():
         raise ValueError("init has no finite value: at least one voxel must have a known distance.")
     if not np.all((cost > 0) & (cost < np.inf) | fixed):
         raise ValueError("cost must be finite and > 0 wherever init is not given.")
-    values = (1.0,) * cost.ndim if spacing is None else tuple(float(s) for s in spacing)
-    if len(values) != cost.ndim or not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(f"spacing must hold one positive voxel size per axis ({cost.ndim}), got {spacing}.")
     return values
 
 

@@ -132,7 +132,8 @@ def _parse_spacing(spacing: float | Sequence[float] | None, ndim: int) -> tuple[
     return values
 
 
-def _output_keys(keys: tuple[Hashable, ...], output_keys: KeysCollection | None, suffix: str) -> tuple[Hashable, ...]:
+def output_keys_for(keys: tuple[Hashable, ...], output_keys: KeysCollection | None,
+                    suffix: str) -> tuple[Hashable, ...]:
     """Return one output key per input key: ``output_keys`` or ``f"{key}_{suffix}"`` when None."""
     if output_keys is None:
         return tuple(f"{key}_{suffix}" for key in keys)
@@ -527,7 +528,7 @@ class GeodesicDistanced(MapTransform):
                  device: str | torch.device | None = None) -> None:
         super().__init__(keys, allow_missing_keys)
         self.seeds_key = seeds_key
-        self.output_keys = _output_keys(self.keys, output_keys, "geodesic")
+        self.output_keys = output_keys_for(self.keys, output_keys, "geodesic")
         self.geodesic = GeodesicDistance(
             epsilon, beta, p, theta, order=order, spacing=spacing, backend=backend, device=device
         )
@@ -561,7 +562,7 @@ class EdgeIndicatord(MapTransform):
     def __init__(self, keys: KeysCollection, iota: float = 1000.0, output_keys: KeysCollection | None = None,
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.output_keys = _output_keys(self.keys, output_keys, "edge")
+        self.output_keys = output_keys_for(self.keys, output_keys, "edge")
         self.edge = EdgeIndicator(iota)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
@@ -588,9 +589,8 @@ class ChanVeseFittingd(MapTransform):
         allow_missing_keys: don't raise exception if key is missing.
 
     Raises:
-        ValueError: for invalid parameters (see :py:class:`ChanVeseFitting`) or when ``output_keys`` does not
-            have one entry per key.
-        KeyError: at call time, when ``mask_key`` is missing from the data.
+        ValueError, KeyError: as :py:class:`GeodesicDistanced` (parameters of :py:class:`ChanVeseFitting`,
+            ``mask_key`` missing at call time).
     """
 
     backend = ChanVeseFitting.backend
@@ -599,7 +599,7 @@ class ChanVeseFittingd(MapTransform):
                  output_keys: KeysCollection | None = None, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.mask_key = mask_key
-        self.output_keys = _output_keys(self.keys, output_keys, "fitting")
+        self.output_keys = output_keys_for(self.keys, output_keys, "fitting")
         self.fitting = ChanVeseFitting(lambda3, classes)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:

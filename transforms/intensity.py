@@ -204,13 +204,7 @@ class HUWindowd(MapTransform):
 
     Args:
         keys: keys of the corresponding items to be transformed. See also: monai.transforms.MapTransform
-        a_min: lower window bound in HU, mapped to ``b_min``. Defaults to -124.
-        a_max: upper window bound in HU, mapped to ``b_max``. Defaults to 276.
-        b_min: output value of ``a_min``. Defaults to 0.
-        b_max: output value of ``a_max``. Defaults to 1.
-        clip: whether to clip the output to ``[b_min, b_max]``. Defaults to True.
-        check_hu: whether to refuse images that are plainly not in Hounsfield units. Defaults to True.
-        dtype: output data type; None keeps the input's. Defaults to float32.
+        a_min, a_max, b_min, b_max, clip, check_hu, dtype: as :py:class:`HUWindow`.
         allow_missing_keys: don't raise exception if key is missing.
     """
 

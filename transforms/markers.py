@@ -50,12 +50,14 @@ from monai.config.type_definitions import NdarrayOrTensor
 from monai.data.meta_obj import get_track_meta
 from monai.data.meta_tensor import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform, Transform
-from monai.utils import ensure_tuple, look_up_option
+from monai.utils import look_up_option
 from monai.utils.enums import TransformBackends
 from monai.utils.type_conversion import convert_data_type, convert_to_dst_type, convert_to_tensor
 from scipy.ndimage import distance_transform_edt
 from scipy.spatial import Delaunay, QhullError
 from skimage.draw import line_nd, polygon
+
+from .guidance import output_keys_for
 
 __all__ = [
     "click_mask",
@@ -143,16 +145,6 @@ def _to_output(mask: np.ndarray, ref: NdarrayOrTensor, has_channel: bool, dtype:
     ref_t = convert_to_tensor(ref, track_meta=get_track_meta())
     out = mask[None] if has_channel else mask
     return convert_to_dst_type(out, dst=ref_t, dtype=dtype)[0]
-
-
-def _output_keys(keys: tuple[Hashable, ...], output_keys: KeysCollection | None, suffix: str) -> tuple[Hashable, ...]:
-    """Return one output key per input key: ``output_keys`` or ``f"{key}_{suffix}"`` when None."""
-    if output_keys is None:
-        return tuple(f"{key}_{suffix}" for key in keys)
-    outputs = ensure_tuple(output_keys)
-    if len(outputs) != len(keys):
-        raise ValueError(f"output keys need one entry per key {list(keys)}, got {list(outputs)}.")
-    return outputs
 
 
 # ----------------------------------------------------------------------------------------- mask functions
@@ -336,8 +328,8 @@ class _MarkerWriter(MapTransform):
     def __init__(self, keys: KeysCollection, marker_keys: KeysCollection | None, polygon_keys: KeysCollection | None,
                  order: str, dtype: DtypeLike | torch.dtype, allow_missing_keys: bool) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.marker_keys = _output_keys(self.keys, marker_keys, "markers")
-        self.polygon_keys = _output_keys(self.keys, polygon_keys, "polygon")
+        self.marker_keys = output_keys_for(self.keys, marker_keys, "markers")
+        self.polygon_keys = output_keys_for(self.keys, polygon_keys, "polygon")
         self.order = look_up_option(order, _ORDERS)
         self.dtype = dtype
 
@@ -412,11 +404,7 @@ class RandClickMarkersd(RandomizableTransform, _MarkerWriter):
         num_clicks: number of clicks, an int or an inclusive ``(low, high)`` range drawn uniformly per call.
             Defaults to ``(4, 8)``.
         min_distance: minimum distance of a click to the object's boundary, in voxels (>= 0). Defaults to 3.
-        marker_keys: where to write the marker masks, one per key; None for ``f"{key}_markers"``.
-        polygon_keys: where to write the polygon masks, one per key; None for ``f"{key}_polygon"``.
-        order: vertex order of the polygon, ``"angle"`` or ``"given"``. Defaults to ``"angle"``.
-        dtype: output dtype. Defaults to ``torch.uint8``.
-        allow_missing_keys: don't raise exception if key is missing.
+        marker_keys, polygon_keys, order, dtype, allow_missing_keys: as :py:class:`AddClickMarkersd`.
 
     Raises:
         ValueError: for bad ``num_clicks``, ``min_distance``, output keys or ``order``; at call time, when the
@@ -628,11 +616,7 @@ class LoadMarkersd(_MarkerWriter):
         keys: keys of the images. See also: monai.transforms.MapTransform
         markers_key: key holding the markers file path. Defaults to ``"markers"``.
         space: coordinate space of CSV ``x,y,z`` columns (see :py:func:`read_markers`). Defaults to None.
-        marker_keys: where to write the marker masks, one per key; None for ``f"{key}_markers"``.
-        polygon_keys: where to write the polygon masks, one per key; None for ``f"{key}_polygon"``.
-        order: vertex order of the polygon, ``"angle"`` or ``"given"``. Defaults to ``"angle"``.
-        dtype: output dtype. Defaults to ``torch.uint8``.
-        allow_missing_keys: don't raise exception if key is missing.
+        marker_keys, polygon_keys, order, dtype, allow_missing_keys: as :py:class:`AddClickMarkersd`.
 
     Raises:
         ValueError: as :py:func:`read_markers`, naming the file and the point outside the image.

@@ -518,11 +518,7 @@ def brats_datalist(dataset_dir: str | Path | None, synthetic_dir: str | Path, nu
     ``"label_convention"``, ``"kind"``, ``"layout"`` (and ``"mask"`` for the DeepMedic copy of BraTS 2015).
 
     Args:
-        dataset_dir: real BraTS folder (never written to); None, ``""`` or ``"synthetic"`` selects the phantoms.
-        synthetic_dir: folder of the phantoms, generated there if missing (idempotent).
-        num_cases: number of phantoms.
-        shape: phantom grid size.
-        seed: phantom seed.
+        dataset_dir, synthetic_dir, num_cases, shape, seed: as :func:`pipeline.data.lits.lits_datalist`.
         modalities: modalities in the order wanted (e.g. ``("flair", "t1ce")``); None takes those every case has.
         bias_strength: phantom bias-field strength.
 

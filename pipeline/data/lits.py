@@ -54,16 +54,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from pipeline.io.datasets import LITS_SEGMENTATION_RE, LITS_VOLUME_RE, index_lits
-from pipeline.io.files import nifti_image
 
-from .scaffold import DATASET_JSON, BodyWall, Field, Grid, acquire_ct, case_indices, case_rngs, check_shape
-from .scaffold import draw_body_wall, ellipse, grid_affine, phantom_parser, real_or_phantoms, run_phantom_command
-from .scaffold import segment_mask, sync_dataset_json, wall_layers, write_case_files, write_cases
+from .scaffold import BodyWall, Field, Grid, acquire_ct, case_rngs, check_shape
+from .scaffold import draw_body_wall, ellipse, generate_image_label_cases, grid_affine, phantom_parser
+from .scaffold import real_or_phantoms, run_phantom_command, segment_mask, wall_layers
 
 logger = logging.getLogger(__name__)
 
@@ -294,6 +292,7 @@ def _body_layers(body: BodyWall, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarr
     """2-D tissue, HU and cavity mask of the body wall (skin, fat, muscle) and air."""
     tissue, hu, depth, inner = wall_layers(body, x, y, _T)
     return tissue, hu, depth >= inner
+
 
 def _spine_parts(spine: _Spine, body: BodyWall, x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, str, float]]:
     """2-D masks (painted in order) of the paraspinal muscles, vertebra, neural arch, canal, aorta and IVC."""
@@ -636,18 +635,6 @@ def _case_entry(folder: Path, index: int) -> dict[str, str]:
             "case": f"volume-{index}"}
 
 
-def _write_case(folder: Path, index: int, shape: tuple[int, int, int], seed: int, overwrite: bool) -> bool:
-    """Write case ``index`` unless both files exist; returns whether it was written."""
-    entry = _case_entry(folder, index)
-
-    def make() -> dict[str, nib.Nifti1Image]:
-        volume, segmentation, affine = make_lits_case(index, shape, seed)
-        text = f"varseg LiTS phantom seed={seed} case={index}"
-        return {"label": nifti_image(segmentation, affine, text), "image": nifti_image(volume, affine, text)}
-
-    return write_case_files({"label": Path(entry["label"]), "image": Path(entry["image"])}, index, overwrite, make)
-
-
 def _dataset_description(shape: tuple[int, int, int], seed: int, cases: Sequence[int]) -> dict[str, Any]:
     """Contents of ``dataset.json`` for phantoms of ``shape`` and ``seed`` with case numbers ``cases``."""
     return {
@@ -658,22 +645,17 @@ def _dataset_description(shape: tuple[int, int, int], seed: int, cases: Sequence
     }
 
 
-def _sync_dataset_json(folder: Path, shape: tuple[int, int, int], seed: int, cases: Sequence[int]) -> None:
-    """Create or extend ``dataset.json``; refuse a folder holding phantoms of other settings or foreign files."""
-    stray = [] if (folder / DATASET_JSON).exists() else sorted(
-        p.name for p in folder.iterdir() if LITS_VOLUME_RE.match(p.name) or LITS_SEGMENTATION_RE.match(p.name))
-    sync_dataset_json(folder, lambda c: _dataset_description(shape, seed, c),
-                      ("generator", "generator_version", "seed", "shape"), cases, stray)
+def _stray(folder: Path) -> list[str]:
+    """LiTS data files of a folder (a folder without ``dataset.json`` holding them is not a phantom folder)."""
+    return sorted(p.name for p in folder.iterdir()
+                  if LITS_VOLUME_RE.match(p.name) or LITS_SEGMENTATION_RE.match(p.name))
 
 
 def _generate(out_dir: str | Path, num_cases: int, shape: Sequence[int], seed: int, start_index: int,
               overwrite: bool, progress: bool) -> tuple[list[dict[str, str]], int]:
     """Write the phantoms; returns the datalist and the number of cases actually written."""
-    shape, indices = check_shape(shape), case_indices(num_cases, start_index)
-    folder, written = write_cases(out_dir, indices, lambda f, c: _sync_dataset_json(f, shape, int(seed), c),
-                                  lambda f, i: _write_case(f, i, shape, int(seed), overwrite), "LiTS phantoms",
-                                  progress)
-    return [_case_entry(folder, i) for i in indices], written
+    return generate_image_label_cases(out_dir, num_cases, shape, seed, start_index, overwrite, progress,
+                                      "LiTS phantom", _dataset_description, _stray, _case_entry, make_lits_case)
 
 
 def generate_lits_phantoms(out_dir: str | Path, num_cases: int = 16, shape: Sequence[int] = (128, 128, 32),

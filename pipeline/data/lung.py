@@ -69,16 +69,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from pipeline.io.datasets import IMAGES_DIR, LUNG_IMAGE_RE, MASKS_DIR, index_lung
-from pipeline.io.files import nifti_image
 
-from .scaffold import DATASET_JSON, BodyWall, Field, Grid, acquire_ct, case_indices, case_rngs, check_shape
-from .scaffold import draw_body_wall, ellipse, grid_affine, phantom_parser, real_or_phantoms, run_phantom_command
-from .scaffold import segment_mask, sync_dataset_json, wall_layers, write_case_files, write_cases
+from .scaffold import BodyWall, Field, Grid, acquire_ct, case_rngs, check_shape
+from .scaffold import draw_body_wall, ellipse, generate_image_label_cases, grid_affine, phantom_parser
+from .scaffold import real_or_phantoms, run_phantom_command, segment_mask, wall_layers
 
 logger = logging.getLogger(__name__)
 
@@ -279,6 +277,7 @@ class _Scene:
 def _wall_layers(wall: BodyWall, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """2-D tissue, HU, depth below the skin (mm) and depth of the inner surface of the muscle wall."""
     return wall_layers(wall, x, y, _T)
+
 
 def _spine_parts(bones: _Bones, wall: BodyWall, x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, str, float]]:
     """2-D masks (painted in order) of the paraspinal muscles, neural arch, canal, vertebral body and sternum."""
@@ -583,18 +582,6 @@ def _case_entry(folder: Path, index: int) -> dict[str, str]:
             "case": _case_name(index)}
 
 
-def _write_case(folder: Path, index: int, shape: tuple[int, int, int], seed: int, overwrite: bool) -> bool:
-    """Write case ``index`` unless both files exist; returns whether it was written."""
-    entry = _case_entry(folder, index)
-
-    def make() -> dict[str, nib.Nifti1Image]:
-        volume, label, affine = make_lung_case(index, shape, seed)
-        text = f"varseg lung phantom seed={seed} case={index}"
-        return {"label": nifti_image(label, affine, text), "image": nifti_image(volume, affine, text)}
-
-    return write_case_files({"label": Path(entry["label"]), "image": Path(entry["image"])}, index, overwrite, make)
-
-
 def _dataset_description(shape: tuple[int, int, int], seed: int, cases: Sequence[int]) -> dict[str, Any]:
     """Contents of ``dataset.json`` for phantoms of ``shape`` and ``seed`` with case numbers ``cases``."""
     cases = sorted(int(c) for c in cases)
@@ -609,23 +596,17 @@ def _dataset_description(shape: tuple[int, int, int], seed: int, cases: Sequence
     }
 
 
-def _sync_dataset_json(folder: Path, shape: tuple[int, int, int], seed: int, cases: Sequence[int]) -> None:
-    """Create or extend ``dataset.json``; refuse a folder holding phantoms of other settings or foreign files."""
-    stray = [] if (folder / DATASET_JSON).exists() else sorted(
-        f"{sub}/{p.name}" for sub in (IMAGES_DIR, MASKS_DIR) if (folder / sub).is_dir()
-        for p in (folder / sub).iterdir() if LUNG_IMAGE_RE.match(p.name))
-    sync_dataset_json(folder, lambda c: _dataset_description(shape, seed, c),
-                      ("generator", "generator_version", "seed", "shape"), cases, stray)
+def _stray(folder: Path) -> list[str]:
+    """Learn2Reg-style data files of a folder (one without ``dataset.json`` holding them is not a phantom folder)."""
+    return sorted(f"{sub}/{p.name}" for sub in (IMAGES_DIR, MASKS_DIR) if (folder / sub).is_dir()
+                  for p in (folder / sub).iterdir() if LUNG_IMAGE_RE.match(p.name))
 
 
 def _generate(out_dir: str | Path, num_cases: int, shape: Sequence[int], seed: int, start_index: int,
               overwrite: bool, progress: bool) -> tuple[list[dict[str, str]], int]:
     """Write the phantoms; returns the datalist and the number of cases actually written."""
-    shape, indices = check_shape(shape), case_indices(num_cases, start_index)
-    folder, written = write_cases(out_dir, indices, lambda f, c: _sync_dataset_json(f, shape, int(seed), c),
-                                  lambda f, i: _write_case(f, i, shape, int(seed), overwrite), "lung phantoms",
-                                  progress)
-    return [_case_entry(folder, i) for i in indices], written
+    return generate_image_label_cases(out_dir, num_cases, shape, seed, start_index, overwrite, progress,
+                                      "lung phantom", _dataset_description, _stray, _case_entry, make_lung_case)
 
 
 def generate_lung_phantoms(out_dir: str | Path, num_cases: int = 18, shape: Sequence[int] = DEFAULT_SHAPE,

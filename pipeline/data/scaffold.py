@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from pipeline.io.files import atomic_write
+from pipeline.io.files import atomic_write, nifti_image
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ __all__ = [
     "ellipse",
     "case_indices",
     "case_rngs",
+    "generate_image_label_cases",
     "check_shape",
     "grid_affine",
     "phantom_parser",
@@ -40,6 +41,7 @@ __all__ = [
     "sync_dataset_json",
     "wall_layers",
     "write_case_files",
+    "write_image_label",
     "write_cases",
 ]
 
@@ -356,3 +358,44 @@ def wall_layers(wall: BodyWall, x: np.ndarray, y: np.ndarray,
         mask = depth >= lo
         tissue[mask], hu[mask] = tissues[name], value
     return tissue, hu, depth, fat_depth + wall.muscle
+
+
+
+def write_image_label(entry: Mapping[str, str], index: int, overwrite: bool,
+                      render: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]], description: str) -> bool:
+    """Write the ``label`` and ``image`` NIfTI files of a CT phantom case (``render() -> (volume, label, affine)``)
+    unless both exist; returns whether they were written (:func:`write_case_files`)."""
+
+    def make() -> dict[str, nib.Nifti1Image]:
+        volume, label, affine = render()
+        return {"label": nifti_image(label, affine, description), "image": nifti_image(volume, affine, description)}
+
+    return write_case_files({"label": Path(entry["label"]), "image": Path(entry["image"])}, index, overwrite, make)
+
+
+
+def generate_image_label_cases(out_dir: str | Path, num_cases: int, shape: Sequence[int], seed: int, start_index: int,
+                               overwrite: bool, progress: bool, what: str,
+                               describe: Callable[[tuple[int, int, int], int, Sequence[int]], dict[str, Any]],
+                               stray: Callable[[Path], list[str]], entry: Callable[[Path, int], dict[str, str]],
+                               render: Callable[[int, tuple[int, int, int], int], tuple[np.ndarray, ...]],
+                               ) -> tuple[list[dict[str, str]], int]:
+    """Write CT phantom cases of one image and one label each (LiTS, lung); the datalist and the number written.
+
+    ``describe(shape, seed, cases)`` is the ``dataset.json`` content, ``stray(folder)`` the data files of a folder
+    without one, ``entry(folder, index)`` a case's datalist entry and ``render(index, shape, seed)`` its
+    ``(volume, label, affine)``; ``what`` names the phantoms in the progress bar, logs and NIfTI descriptions.
+    """
+    shape, seed, indices = check_shape(shape), int(seed), case_indices(num_cases, start_index)
+
+    def sync(folder: Path, cases: list[int]) -> None:
+        found = [] if (folder / DATASET_JSON).exists() else stray(folder)
+        sync_dataset_json(folder, lambda c: describe(shape, seed, c), ("generator", "generator_version", "seed",
+                                                                      "shape"), cases, found)
+
+    def write(folder: Path, index: int) -> bool:
+        return write_image_label(entry(folder, index), index, overwrite, lambda: render(index, shape, seed),
+                                 f"varseg {what} seed={seed} case={index}")
+
+    folder, written = write_cases(out_dir, indices, sync, write, f"{what}s", progress)
+    return [entry(folder, i) for i in indices], written
