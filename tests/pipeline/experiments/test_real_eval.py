@@ -23,7 +23,7 @@ import torch
 from pipeline.paths import real_data_root
 from pipeline.experiments.real_eval import LITS_CASES, LIVER_LABEL, SPECT_CASE, label_on_grid, main, spect_applicability
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 REAL = real_data_root()
 TS = REAL / "a_liver_ct" / "totalsegmentator"
 _SKIP_REASON = f"real sample data not found at {REAL} (set VARSEG_REAL_DATA to the folder of shared/data/real)"

@@ -36,7 +36,7 @@ from pipeline.data.lits import generate_lits_phantoms
 from pipeline.training.handlers import TrainingCheckpoint
 from pipeline.training.tracking import MLflowTracker
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TRAIN = str(REPO / "bundles" / "lits" / "configs" / "train.json")
 EPOCHS = 4
 KEYS = ("train_loss", "lr", "val_dice", "val_dice_std", "val_jaccard", "val_dice_liver", "val_jaccard_liver")

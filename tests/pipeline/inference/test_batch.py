@@ -27,7 +27,7 @@ from pipeline.io.layouts import index_inputs
 from pipeline.inference.predictors import SelectivePredictor
 from pipeline.io.volumes import pseudonym
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PRIVATE = ("DOE", "JOHN", "PID-12345", "19700101", "ACC-98765")
 
 
