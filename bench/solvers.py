@@ -2,10 +2,9 @@
 
 Prints two JSON lines, ``solver_tv`` and ``solver_elastica``: ``value`` = seconds per image of
 :func:`pipeline.selective.baselines.tv_segment` (resp. :func:`pipeline.selective.baselines.elastica_segment`) run for
-exactly
-``iterations`` sweeps (``tol=0``), ``baseline`` = seconds of ``skimage.segmentation.chan_vese`` on the same image for
-the same number of iterations (``max_num_iter``, ``tol=0``); target ratio <= 0.5. The image is the liver slice of a
-256×256 CT phantom windowed to [0, 1] with its fitting term ``Φ`` and geodesic distance from five liver clicks.
+exactly ``iterations`` sweeps (``tol=0``), ``baseline`` = seconds of ``skimage.segmentation.chan_vese`` on the same
+image for the same number of iterations (``max_num_iter``, ``tol=0``); target ratio <= 0.5. The image is the liver slice
+of a 256×256 CT phantom windowed to [0, 1] with its fitting term ``Φ`` and geodesic distance from five liver clicks.
 ``--quick``: 64×64, 20 iterations.
 """
 

@@ -19,14 +19,15 @@ label term is applied to explicitly flagged labelled samples only.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from .checks import check_reduction, check_weight, compute_dtype
+from .checks import check_reduction, check_weight, compute_dtype, reduce
 
-__all__ = ["ACWELoss", "ActiveContourLabelLoss", "ACWEWithLabelLoss"]
+__all__ = ["ACWELoss", "ACWEWithLabelLoss", "ActiveContourLabelLoss", "LabelOnlyLoss"]
 
 _DENOMINATORS = ("count", "sum")
 
@@ -137,17 +138,6 @@ def _label_terms(u: torch.Tensor, v: torch.Tensor, eps: float) -> tuple[torch.Te
     return length, region_in + region_out
 
 
-def _reduce_per_image(values: torch.Tensor, reduction: str, ndim: int) -> torch.Tensor:
-    """Reduce per-image values of shape ``(B,)``: sum, mean, or ``(B, 1, 1, 1[, 1])`` for ``"none"``."""
-    if reduction == LossReduction.SUM.value:
-        return values.sum()
-    if reduction == LossReduction.MEAN.value:
-        return values.mean()
-    if reduction == LossReduction.NONE.value:
-        return values.reshape(values.shape[0], *([1] * (ndim - 1)))
-    raise ValueError(f"reduction must be one of ['none', 'mean', 'sum'], got {reduction!r}.")
-
-
 class ACWELoss(_Loss):
     """Unsupervised ACWE (two-phase Chan–Vese) loss of Chen & Frey (2020), code form of paper eq. (2), 2D and 3D.
 
@@ -240,7 +230,7 @@ class ACWELoss(_Loss):
             ValueError: ``input`` not 4D/5D, not single-channel or not floating point; ``image`` of a different
                 shape or not floating point.
         """
-        return _reduce_per_image(self.per_image(input, image), self.reduction, input.ndim)
+        return reduce(self.per_image(input, image), self.reduction, input.ndim - 1)
 
 
 class ActiveContourLabelLoss(_Loss):
@@ -331,15 +321,15 @@ class ActiveContourLabelLoss(_Loss):
         Raises:
             ValueError: bad shapes or dtypes, or spatial sizes too small for the length term.
         """
-        return _reduce_per_image(self.per_image(input, target), self.reduction, input.ndim)
+        return reduce(self.per_image(input, target), self.reduction, input.ndim - 1)
 
     def terms(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Weighted length and region parts, each reduced like :meth:`forward`; they add up to the loss."""
         u, v = self._prepare(input, target)
         length, region = _label_terms(u, v, self.eps)
         return {
-            "length": _reduce_per_image(self.length_weight * length, self.reduction, input.ndim),
-            "region": _reduce_per_image(self.region_weight * region, self.reduction, input.ndim),
+            "length": reduce(self.length_weight * length, self.reduction, input.ndim - 1),
+            "region": reduce(self.region_weight * region, self.reduction, input.ndim - 1),
         }
 
 
@@ -431,6 +421,32 @@ class ACWEWithLabelLoss(_Loss):
             label_lab = self.label.per_image(input[mask], target[mask.to(target.device)].to(input.device))
             label = label.index_put((mask.nonzero(as_tuple=True)[0],), label_lab.to(acwe.dtype))
         part_reduction = LossReduction.SUM.value if self.reduction == LossReduction.SUM.value else "mean"
-        self.last_acwe = float(_reduce_per_image(acwe.detach(), part_reduction, 2))
-        self.last_label = float(_reduce_per_image(label.detach(), part_reduction, 2))
-        return _reduce_per_image(acwe + self.alpha * label, self.reduction, input.ndim)
+        self.last_acwe = float(reduce(acwe.detach(), part_reduction, 1))
+        self.last_label = float(reduce(label.detach(), part_reduction, 1))
+        return reduce(acwe + self.alpha * label, self.reduction, input.ndim - 1)
+
+
+class LabelOnlyLoss(_Loss):
+    """``loss(pred, image, label, labelled)``: :class:`losses.ActiveContourLabelLoss` on the labelled samples only.
+
+    Fine-tuning loss of the SPECT bundle's Modes 2 and 3 (no ACWE term). The sum over labelled samples is divided
+    by the batch size for ``reduction="mean"`` (the convention of :class:`losses.ACWEWithLabelLoss`).
+    """
+
+    def __init__(self, reduction: str = "mean", **kwargs: Any) -> None:
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        super().__init__(reduction=reduction)
+        self.label = ActiveContourLabelLoss(reduction="none", **kwargs)
+        self.last_label: float = float("nan")
+
+    def forward(self, input: torch.Tensor, image: torch.Tensor, target: torch.Tensor, labelled: Any) -> torch.Tensor:
+        mask = torch.as_tensor(labelled, dtype=torch.bool, device=input.device).reshape(-1)
+        if not bool(mask.any()):
+            total = input.sum() * 0.0
+        else:
+            total = self.label(input[mask], target[mask.to(target.device)].to(input.device)).sum()
+        if self.reduction == "mean":
+            total = total / input.shape[0]
+        self.last_label = float(total.detach())
+        return total

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from .checks import check_reduction, compute_dtype
+from .checks import check_reduction, compute_dtype, reduce
 
 __all__ = ["BiasFieldMumfordShahLoss", "MumfordShahLoss", "SemiSupervisedMumfordShahLoss"]
 
@@ -191,12 +191,7 @@ class MumfordShahLoss(_Loss):
         num_pixels = 1
         for s in spatial:
             num_pixels *= int(s)
-        normalised = energy / float(num_channels * num_pixels)
-        if self.reduction == LossReduction.MEAN.value:
-            return normalised.mean()
-        if self.reduction == LossReduction.NONE.value:
-            return normalised.reshape(*energy.shape, *([1] * len(spatial)))
-        raise ValueError(f"reduction must be one of {[r.value for r in LossReduction]}, got {self.reduction!r}.")
+        return reduce(energy / float(num_channels * num_pixels), self.reduction, len(spatial))
 
     def forward(self, input: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """

@@ -16,6 +16,8 @@ import torch
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
+from .checks import reduce
+
 __all__ = ["QualityRegularisedDiceLoss", "hard_dice"]
 
 
@@ -115,10 +117,4 @@ class QualityRegularisedDiceLoss(_Loss):
         """Loss of refined-mask ``input`` against ``target`` plus λ times the quality error of ``input_mask``."""
         parts = self.terms(input, target, quality, input_mask)
         per_sample = parts["dice_loss"] + self.quality_weight * parts["quality_error"]
-        if self.reduction == LossReduction.MEAN.value:
-            return per_sample.mean()
-        if self.reduction == LossReduction.SUM.value:
-            return per_sample.sum()
-        if self.reduction == LossReduction.NONE.value:
-            return per_sample.reshape(-1, *([1] * (input.ndim - 1)))
-        raise ValueError(f'Unsupported reduction: {self.reduction}, available options are ["mean", "sum", "none"].')
+        return reduce(per_sample, self.reduction, input.ndim - 1)

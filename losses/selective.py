@@ -23,7 +23,7 @@ import torch
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from .checks import check_reduction, check_weight, compute_dtype
+from .checks import check_reduction, check_weight, compute_dtype, reduce
 
 __all__ = ["DIPSelectiveLoss", "SelectiveLoss", "weighted_tv"]
 
@@ -100,11 +100,7 @@ def weighted_tv(u: torch.Tensor, weight: torch.Tensor | None = None, eps: float 
 
 def _reduce(per_image: torch.Tensor, reduction: str, shape: torch.Size) -> torch.Tensor:
     """``"sum"``: total; ``"mean"``: total / (B * pixels); ``"none"``: per-image sums of shape ``(B, 1, 1, 1[, 1])``."""
-    if reduction == LossReduction.SUM.value:
-        return per_image.sum()
-    if reduction == LossReduction.MEAN.value:
-        return per_image.sum() / (shape[0] * shape[2:].numel())
-    return per_image.reshape(shape[0], *([1] * (len(shape) - 1)))
+    return reduce(per_image, reduction, len(shape) - 1, mean_divisor=shape[0] * shape[2:].numel())
 
 
 def _logged(per_image: torch.Tensor, reduction: str, shape: torch.Size) -> float:
@@ -170,8 +166,8 @@ class SelectiveLoss(_Loss):
         self.last_fitting: float = float("nan")
         self.last_geodesic: float = float("nan")
 
-    def forward(self, u: torch.Tensor, fitting: torch.Tensor, distance: torch.Tensor, edge: torch.Tensor | None = None
-) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, fitting: torch.Tensor, distance: torch.Tensor,
+                edge: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
             u: segmentation probabilities, shape ``B1HW`` or ``B1HWD``, floating point.

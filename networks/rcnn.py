@@ -130,8 +130,8 @@ class RecurrentConvBlock(nn.Module):
     """
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 16, steps: int = 3,
-                 share_recurrent: bool = False, kernel_size: int = 3, bn_momentum: float = 0.01, bn_eps: float = 1e-3
-) -> None:
+                 share_recurrent: bool = False, kernel_size: int = 3, bn_momentum: float = 0.01,
+                 bn_eps: float = 1e-3) -> None:
         super().__init__()
         _check_spatial_dims(spatial_dims)
         _check_positive("in_channels", in_channels)

@@ -118,8 +118,8 @@ class SelectiveUNet(nn.Module):
     """
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 2, out_channels: int = 1,
-                 features: int | Sequence[int] = 128, levels: int = 4, bn_momentum: float = 0.01, bn_eps: float = 1e-3
-) -> None:
+                 features: int | Sequence[int] = 128, levels: int = 4, bn_momentum: float = 0.01,
+                 bn_eps: float = 1e-3) -> None:
         super().__init__()
         if spatial_dims not in (1, 2, 3):
             raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}.")
@@ -231,8 +231,8 @@ class VMNet(SelectiveUNet):
     """
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 2, out_channels: int = 1,
-                 features: int | Sequence[int] = 128, levels: int = 4, bn_momentum: float = 0.01, bn_eps: float = 1e-3
-) -> None:
+                 features: int | Sequence[int] = 128, levels: int = 4, bn_momentum: float = 0.01,
+                 bn_eps: float = 1e-3) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, features, levels, bn_momentum, bn_eps)
 
 

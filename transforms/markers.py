@@ -625,8 +625,8 @@ class LoadMarkersd(_MarkerWriter):
 
     def __init__(self, keys: KeysCollection, markers_key: Hashable = "markers", space: str | None = None,
                  marker_keys: KeysCollection | None = None, polygon_keys: KeysCollection | None = None,
-                 order: str = "angle", dtype: DtypeLike | torch.dtype = torch.uint8, allow_missing_keys: bool = False
-) -> None:
+                 order: str = "angle", dtype: DtypeLike | torch.dtype = torch.uint8,
+                 allow_missing_keys: bool = False) -> None:
         super().__init__(keys, marker_keys, polygon_keys, order, dtype, allow_missing_keys)
         self.markers_key = markers_key
         self.space = None if space is None else look_up_option(space, _SPACES)

@@ -3,9 +3,8 @@ MONAI metrics and ignite metric handlers.
 
 MONAI's ``ConfusionMatrixMetric`` keeps raw confusion counts in its buffer, so per-case values (for the CSVs that
 :class:`pipeline.training.handlers.PerCaseMetrics` writes) are not available from it. :class:`OverlapRatioMetric`
-keeps one
-value per case and channel instead, like ``DiceMetric`` does, and :class:`Precision` / :class:`Recall` wrap it as
-handlers with the same arguments as ``monai.handlers.MeanDice``.
+keeps one value per case and channel instead, like ``DiceMetric`` does, and :class:`Precision` / :class:`Recall` wrap
+it as handlers with the same arguments as ``monai.handlers.MeanDice``.
 
 Definitions (one-hot ``y_pred`` and ``y`` of shape ``(B, C, spatial...)``, per case and channel)::
 

@@ -256,8 +256,7 @@ def spect_applicability(path: str | Path) -> tuple[str, str | None]:
 
 def _load_config(bundle: str, method: str | None, overrides: Mapping[str, Any]) -> Any:
     """The bundle's inference config (as :mod:`pipeline.inference.batch` builds it, then ``configs/real_eval.json``
-    where the
-    bundle has one) with ``method`` and ``overrides`` set."""
+    where the bundle has one) with ``method`` and ``overrides`` set."""
     from monai.bundle import ConfigParser
 
     from pipeline.inference.batch import BatchError

@@ -14,8 +14,7 @@ intensity transform → :class:`pipeline.inference.inferers.AdjacentSliceInferer
   markers file (``entry["markers"]``).
 
 Checkpoints are loaded by :meth:`load` (called once by :func:`pipeline.inference.batch.execute` after it has checked
-that the
-file exists), so building a predictor from a config never touches the disk.
+that the file exists), so building a predictor from a config never touches the disk.
 """
 
 from __future__ import annotations
@@ -72,8 +71,8 @@ class SlicePredictor:
     def __init__(self, network: torch.nn.Module, ckpt_path: str | Path | None,
                  intensity: Callable[[torch.Tensor, str], torch.Tensor],
                  postprocess: Callable[[torch.Tensor], torch.Tensor], num_slices: int = 3, batch_size: int = 32,
-                 divisible: int = 16, device: str | torch.device = "cpu", progress: bool = False, inferer: Any = None
-) -> None:
+                 divisible: int = 16, device: str | torch.device = "cpu", progress: bool = False,
+                 inferer: Any = None) -> None:
         from pipeline.inference.inferers import AdjacentSliceInferer
 
         self.network = network

@@ -33,10 +33,10 @@ import os
 import re
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import nibabel as nib
 import numpy as np
@@ -53,6 +53,7 @@ __all__ = [
     "is_dicom_file",
     "label_volumes_ml",
     "list_dicom_series",
+    "mean_slice_shape",
     "pseudonym",
     "read_nifti_array",
     "read_volume",
@@ -779,3 +780,53 @@ def label_volumes_ml(
     found = {int(v): int(c) for v, c in zip(values, counts)}
     wanted = sorted(v for v in found if v != 0) if labels is None else [int(v) for v in labels]
     return {label: found.get(label, 0) * voxel_ml for label in wanted}
+
+
+def mean_slice_shape(datalist: Sequence[Mapping[str, Any]], image_key: str = "image") -> tuple[float, float]:
+    """Mean in-plane size ``(H, W)`` of the axial slices of a datalist's images once reoriented to RAS.
+
+    Each volume counts once per axial slice, so the means are those of the slices a 2.5D training draws from. Only
+    the NIfTI headers are read (other formats and DICOM series are read whole). When every volume has the same
+    in-plane size the result is that size exactly (integers), e.g. the phantoms' ``synthetic_shape[:2]``. Used to
+    turn the papers' per-pixel loss weights into the ``sum``-reduced weights of the bundles, whatever data they
+    train on.
+
+    Raises:
+        CaseError: an image that cannot be read (names the file).
+        ValueError: an empty datalist.
+    """
+    if not datalist:
+        raise ValueError("mean_slice_shape needs at least one datalist entry")
+    sizes, weights = [], []
+    for entry in datalist:
+        image = entry[image_key]
+        shape = _ras_shape(str(image[0] if isinstance(image, (list, tuple)) else image))
+        sizes.append(shape[:2])
+        weights.append(shape[2])
+    if len(set(sizes)) == 1:
+        return sizes[0]
+    mean = np.average(np.asarray(sizes, dtype=np.float64), axis=0, weights=np.asarray(weights, dtype=np.float64))
+    return float(mean[0]), float(mean[1])
+
+
+def _ras_shape(path: str) -> tuple[int, int, int]:
+    """``(X, Y, Z)`` of an image file after reorientation to RAS, from its header where it is a NIfTI file."""
+    import nibabel as nib
+    from nibabel.orientations import io_orientation
+
+    if Path(path).name.lower().endswith(NIFTI_SUFFIXES):
+        try:
+            image = nib.load(path)
+            shape, affine = image.shape[:3], image.affine
+        except Exception as err:  # noqa: BLE001 - any reader failure is a bad input file
+            raise CaseError(f"{path}: cannot read the NIfTI header ({type(err).__name__}: {err})") from None
+        if len(shape) < 3:
+            raise CaseError(f"{path}: a 3D volume is expected, got shape {tuple(shape)}")
+        order = io_orientation(affine)[:, 0].astype(int)  # RAS axis of each voxel axis
+        ras = [0, 0, 0]
+        for axis, target in enumerate(order):
+            ras[target] = int(shape[axis])
+        return ras[0], ras[1], ras[2]
+    volume = read_volume(path)
+    x, y, z = volume.to_ras().shape
+    return int(x), int(y), int(z)

@@ -164,8 +164,8 @@ def refine_forward(network: Callable, x: torch.Tensor, mask: torch.Tensor, batch
 
 @torch.no_grad()
 def iterate_refinement(network: Callable, image: torch.Tensor, mask: torch.Tensor, iterations: int,
-                       early_stop: bool = False, min_delta: float = 0.0, batch_size: int = 32, divisor: int = 1
-) -> RefinementTrace:
+                       early_stop: bool = False, min_delta: float = 0.0, batch_size: int = 32,
+                       divisor: int = 1) -> RefinementTrace:
     """Apply the refinement network ``iterations`` times, feeding each output back as the next mask.
 
     Each pass ``network(x, m) -> (logits, quality)`` returns the refined mask (``logits > 0``) and the predicted

@@ -117,11 +117,10 @@ class RefinePredictor:
 class SelectiveRefinePredictor:
     """Refinement on top of the lung (selective) predictor: each clicked slice's VM-Net mask, refined ``k`` times.
 
-    ``predictor(volume, entry) -> (mask, quality)``: :class:`pipeline.inference.predictors.SelectivePredictor`
-    segments every
-    axial slice holding clicks; each slice's mask is refined from the slice's network input ``(f, G)`` and the
-    returned quality is the mean of the refined slices' predicted qualities, weighted by each refined mask's area
-    (most volumes have clicks on one slice only, where it is that slice's quality).
+    ``predictor(volume, entry) -> (mask, quality)``: :class:`pipeline.inference.predictors.SelectivePredictor` segments
+    every axial slice holding clicks; each slice's mask is refined from the slice's network input ``(f, G)`` and the
+    returned quality is the mean of the refined slices' predicted qualities, weighted by each refined mask's area (most
+    volumes have clicks on one slice only, where it is that slice's quality).
 
     Args:
         base: the bundle's :class:`pipeline.inference.predictors.SelectivePredictor`.

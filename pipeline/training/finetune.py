@@ -1,13 +1,12 @@
-"""Helpers for the bone SPECT bundle (Chen & Frey 2020 modes 1-4): data list, fine-tuning, labelled-slice subsets.
+"""Fine-tuning helpers of the bone SPECT bundle (Chen & Frey 2020 modes 1-4).
 
-* :func:`spect_datalist` - real folder in the bone SPECT layout (indexed, never written) or synthetic phantoms
-  generated on first use.
 * :func:`unlabelled` - copies of a datalist with ``labelled = False`` on every case (Mode 1).
 * :func:`prepare_finetune` - load an initial checkpoint into a network and freeze its first block(s) (Modes 2, 3).
-* :class:`LabelledSlices` - the first ``n`` slice samples of a :class:`pipeline.training.slicing.SliceDataset` whose
-  label
-  contains foreground, all flagged labelled (Modes 2, 3: 10 or 80 labelled slices).
-* :class:`LabelOnlyLoss` - ``loss(pred, image, label, labelled)`` with only the active-contour label term.
+* :class:`LabelledSlices` - the first ``n`` slice samples of a :class:`pipeline.training.slicing.SliceDataset`
+  whose label contains foreground, all flagged labelled (Modes 2, 3: 10 or 80 labelled slices).
+
+The data list is :func:`pipeline.data.spect.spect_datalist`; the fine-tuning loss of Modes 2 and 3 is
+:class:`losses.LabelOnlyLoss`.
 """
 
 from __future__ import annotations
@@ -26,8 +25,7 @@ from pipeline.io.files import load_weights
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["unlabelled", "freeze_blocks", "prepare_finetune", "LabelledSlices",
-           "LabelOnlyLoss"]
+__all__ = ["LabelledSlices", "freeze_blocks", "prepare_finetune", "trainable_parameters", "unlabelled"]
 
 
 def unlabelled(datalist: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -113,32 +111,3 @@ class LabelledSlices(Dataset):
         sample = dict(self.dataset[self.indices[idx]])
         sample[self.dataset.labelled_key] = True
         return sample
-
-
-class LabelOnlyLoss(nn.Module):
-    """``loss(pred, image, label, labelled)``: :class:`losses.ActiveContourLabelLoss` on the labelled samples only.
-
-    Fine-tuning loss of Modes 2 and 3 (no ACWE term). The sum over labelled samples is divided by the batch size for
-    ``reduction="mean"`` (the convention of :class:`losses.ACWEWithLabelLoss`).
-    """
-
-    def __init__(self, reduction: str = "mean", **kwargs: Any) -> None:
-        super().__init__()
-        from losses import ActiveContourLabelLoss
-
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        self.reduction = reduction
-        self.label = ActiveContourLabelLoss(reduction="none", **kwargs)
-        self.last_label: float = float("nan")
-
-    def forward(self, input: torch.Tensor, image: torch.Tensor, target: torch.Tensor, labelled: Any) -> torch.Tensor:
-        mask = torch.as_tensor(labelled, dtype=torch.bool, device=input.device).reshape(-1)
-        if not bool(mask.any()):
-            total = input.sum() * 0.0
-        else:
-            total = self.label(input[mask], target[mask.to(target.device)].to(input.device)).sum()
-        if self.reduction == "mean":
-            total = total / input.shape[0]
-        self.last_label = float(total.detach())
-        return total

@@ -335,10 +335,9 @@ class TrainingCheckpoint:
 
     With ``resume`` and a ``tracker``, the training continues *the same* MLflow run: the run id is read from the
     checkpoint and handed to :meth:`pipeline.training.tracking.MLflowTracker.resume_run`, which sets the run RUNNING
-    again and
-    deletes its metric points after the checkpoint's epoch, so the final history equals an uninterrupted run's.
-    Without ``resume`` a new run is always created. With a ``tracker``, the model's final weights are also logged as
-    the artifact ``model/final_model.pt`` when the run finishes.
+    again and deletes its metric points after the checkpoint's epoch, so the final history equals an uninterrupted
+    run's. Without ``resume`` a new run is always created. With a ``tracker``, the model's final weights are also logged
+    as the artifact ``model/final_model.pt`` when the run finishes.
 
     Args:
         save_dir: checkpoint folder.
@@ -512,8 +511,8 @@ class OverlaySaver:
 
     Args:
         output_dir: folder of the figures.
-        tracker: the :class:`pipeline.training.tracking.MLflowTracker` of the run (epochs and logging); None: files
-        only.
+        tracker: the :class:`pipeline.training.tracking.MLflowTracker` of the run (epochs and logging); None:
+            files only.
         interval: draw every ``interval`` trainer epochs (0: only at the last epoch).
         num_cases: how many validation cases to draw.
         num_slices: slices per 3D case.

@@ -12,11 +12,10 @@ is given plus library versions and the git commit, per-epoch metrics, the merged
 and marks the run FINISHED, FAILED (exception) or KILLED (Ctrl-C).
 
 The one exception is an explicit resume: :class:`pipeline.training.handlers.TrainingCheckpoint` stores the run id in
-every
-checkpoint and, with ``resume=True``, calls :meth:`MLflowTracker.resume_run` so that the training goes on in *that*
-run: it is set RUNNING again, metric points logged after the checkpoint's epoch (by the interrupted process) are
-deleted (:func:`truncate_metric_history`), and the resumed epochs are logged at their own steps, so the history
-ends up as an uninterrupted run's would.
+every checkpoint and, with ``resume=True``, calls :meth:`MLflowTracker.resume_run` so that the training goes on in
+*that* run: it is set RUNNING again, metric points logged after the checkpoint's epoch (by the interrupted process) are
+deleted (:func:`truncate_metric_history`), and the resumed epochs are logged at their own steps, so the history ends up
+as an uninterrupted run's would.
 """
 
 from __future__ import annotations

@@ -215,8 +215,8 @@ def test_real_eval_brats_on_the_deepmedic_sample(workspace):
     # the same model through the batch command: two modalities in the bundle's order, already z-scored input
     masks = ws["root"] / "real_masks"
     cmd = [sys.executable, "-m", "pipeline.inference.cli", "brats", "--input", str(_real_folder()),
-           "--output", str(masks), "--modalities", "flair", "t1ce", "--ckpt_dir", str(models), "--features", "4", "--already_normalized",
-           "true", "--num_threads", "2", "--no-progress"]
+           "--output", str(masks), "--modalities", "flair", "t1ce", "--ckpt_dir", str(models), "--features", "4",
+           "--already_normalized", "true", "--num_threads", "2", "--no-progress"]
     proc = subprocess.run(cmd, cwd=REPO, env=ws["env"], capture_output=True, encoding="utf-8", errors="replace",
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

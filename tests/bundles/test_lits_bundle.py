@@ -221,3 +221,27 @@ def test_documented_mlflow_ui_command_lists_the_run(trained):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def test_beta_follows_the_slices_trained_on(tmp_path):
+    """β = beta_paper · batch · N · C · H · W with H × W of the training volumes, not of the phantom setting."""
+    from monai.bundle import ConfigParser
+
+    real = tmp_path / "lits"
+    real.mkdir()
+    for n in range(8):  # a LiTS-layout folder whose scans are 64 x 48 in-plane
+        nib.save(nib.Nifti1Image(np.zeros((64, 48, 4), np.int16), np.eye(4)), str(real / f"volume-{n}.nii"))
+        nib.save(nib.Nifti1Image(np.zeros((64, 48, 4), np.uint8), np.eye(4)), str(real / f"segmentation-{n}.nii"))
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser["dataset_dir"] = str(real)
+    expected = parser.get_parsed_content("beta_paper") * 8 * 3 * 3 * 64 * 48
+    assert parser.get_parsed_content("slice_shape") == (64, 48)
+    assert parser.get_parsed_content("beta") == pytest.approx(expected)
+    # on the phantoms: their grid's in-plane size
+    phantoms = ConfigParser()
+    phantoms.read_config(str(CONFIGS / "train.json"))
+    phantoms["synthetic_dir"] = str(tmp_path / "phantoms")
+    phantoms["synthetic_cases"] = 8
+    phantoms["synthetic_shape"] = [40, 36, 8]
+    assert phantoms.get_parsed_content("slice_shape") == (40, 36)

@@ -466,3 +466,24 @@ def test_real_ct_dicom_series() -> None:
     plain = _plain_series_image(folder, uid)
     _assert_same_geometry(volume.reference, plain)
     np.testing.assert_array_equal(volume.array, sitk.GetArrayFromImage(plain).transpose(2, 1, 0))
+
+
+def test_mean_slice_shape_follows_the_ras_slices_monai_trains_on(tmp_path):
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
+
+    from pipeline.io.volumes import mean_slice_shape
+
+    permuted = np.array([[0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]])  # voxel axes (z, x, y)
+    nib.save(nib.Nifti1Image(np.zeros((10, 20, 30), np.float32), permuted), str(tmp_path / "a.nii.gz"))
+    load = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image"),
+                    Orientationd("image", axcodes="RAS")])
+    ras = tuple(load({"image": str(tmp_path / "a.nii.gz")})["image"].shape[1:3])
+    assert mean_slice_shape([{"image": str(tmp_path / "a.nii.gz")}]) == ras == (20, 30)
+    # equal sizes give the size itself (integers); different sizes the mean weighted by the number of slices
+    nib.save(nib.Nifti1Image(np.zeros((8, 12, 1), np.float32), np.eye(4)), str(tmp_path / "b.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((16, 24, 3), np.float32), np.eye(4)), str(tmp_path / "c.nii.gz"))
+    assert mean_slice_shape([{"image": [str(tmp_path / "b.nii.gz")]}] * 2) == (8, 12)
+    mean = mean_slice_shape([{"image": str(tmp_path / "b.nii.gz")}, {"image": str(tmp_path / "c.nii.gz")}])
+    assert mean == pytest.approx((14.0, 21.0))  # (8*1 + 16*3) / 4, (12*1 + 24*3) / 4
+    with pytest.raises(ValueError, match="at least one"):
+        mean_slice_shape([])

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from losses import ActiveContourLabelLoss
+from losses import ActiveContourLabelLoss, LabelOnlyLoss
 from networks import RCNN
 from pipeline.io.files import load_weights
-from pipeline.training.finetune import LabelledSlices, LabelOnlyLoss, freeze_blocks, trainable_parameters, unlabelled
+from pipeline.training.finetune import LabelledSlices, freeze_blocks, trainable_parameters, unlabelled
 
 
 def test_freeze_blocks_keeps_first_block_and_its_bn_stats():
