@@ -242,11 +242,8 @@ class DIPSelectiveLoss(_Loss):
             ValueError: an unknown ``reduction``, or a negative or non-finite weight.
         """
         super().__init__(reduction=check_reduction(reduction))
-        self.lam = check_weight(lam, "lam")
-        self.theta = check_weight(theta, "theta")
-        self.last_fitting: float = float("nan")
-        self.last_geodesic: float = float("nan")
-        self.last_coupling: float = float("nan")
+        self.lam, self.theta = check_weight(lam, "lam"), check_weight(theta, "theta")
+        self.last_fitting = self.last_geodesic = self.last_coupling = float("nan")  # components of the last call
 
     def forward(self, u_vm: torch.Tensor, u_dip: torch.Tensor, fitting: torch.Tensor,
                 distance: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,9 @@ __all__ = [
 ]
 
 
+_WORKFLOW_KEYS = ("imports", "initialize", "run", "finalize")  # sections of a config, never suggested as settings
+
+
 class OverrideError(ValueError):
     """A config override that cannot be used (malformed, without a value, or a key no config defines)."""
 
@@ -119,7 +122,7 @@ def check_override_keys(overrides: Iterable[str], known: set[str], where: str) -
     for key in overrides:
         if key in known:
             continue
-        candidates = sorted(k for k in known if "#" not in k or "#" in key)
+        candidates = sorted(k for k in known if ("#" not in k or "#" in key) and k.split("#")[0] not in _WORKFLOW_KEYS)
         close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6) or difflib.get_close_matches(
             key, candidates, n=3, cutoff=0.0)
         hint = f"; closest known: {', '.join('--' + c for c in close)}" if close else ""
