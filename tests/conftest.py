@@ -34,3 +34,14 @@ def fast_sqlite():
     event.listen(Engine, "connect", no_sync)
     yield
     event.remove(Engine, "connect", no_sync)
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one CPU thread (torch), then restore the thread count: small networks and exact comparisons."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

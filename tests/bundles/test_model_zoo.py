@@ -12,7 +12,6 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Iterator
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
@@ -24,10 +23,10 @@ from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = REPO / "tests" / "data" / "meta_schema_20240725.json"
 
-pytestmark = pytest.mark.filterwarnings(
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings(
     "ignore:`torch.jit.save` is deprecated:DeprecationWarning",
     "ignore:`torch.jit.load` is deprecated:DeprecationWarning",
-)
+)]
 
 # bundle -> (config files that define ``network_def``, extra verify_net_in_out arguments, test input shape)
 BUNDLES: dict[str, tuple[list[str], dict[str, int], tuple[int, ...]]] = {
@@ -61,15 +60,6 @@ def _config_files(bundle: str) -> list[str]:
 
 def _metadata(bundle: str) -> dict:
     return json.loads(Path(_meta_file(bundle)).read_text())
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Run every test of this module on one CPU thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -138,15 +138,6 @@ def test_unet_gradients_reach_every_parameter() -> None:
         assert param.grad.abs().sum() > 0, name
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads and suffer badly from them on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.usefixtures("one_thread")
 def test_unet_overfits_a_square() -> None:
     torch.manual_seed(0)

@@ -8,15 +8,6 @@ import torch.nn.functional as F
 from networks import RCNN, RecurrentConvBlock
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads and suffer badly from them on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_ill_opts() -> None:
     with pytest.raises(ValueError, match="spatial_dims"):
         RCNN(spatial_dims=4)

@@ -8,14 +8,7 @@ import torch.nn as nn
 
 from networks import DIPNet, SelectivePair, SelectiveUNet, VMNet
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads and suffer badly from them on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _count(net: nn.Module) -> int:

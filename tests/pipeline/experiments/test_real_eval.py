@@ -32,15 +32,7 @@ needs_real_ct = pytest.mark.skipif(
 needs_real_nm = pytest.mark.skipif(not (REAL / SPECT_CASE).is_file(), reason=_SKIP_REASON)
 
 
-pytestmark = pytest.mark.usefixtures("fast_sqlite")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fast_sqlite", "one_thread")
 
 
 def _tiny_checkpoint(bundle: str, path: Path, overrides: dict, files: list[str]) -> Path:

@@ -26,13 +26,7 @@ from pipeline.refine.iteration import (
 from pipeline.refine.predictors import RefinePredictor
 from pipeline.refine.workflow import RefineCase, RefinementWorkflow, RefineSliceDataset
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ScriptedNet(nn.Module):
