@@ -260,11 +260,13 @@ def _load_config(bundle: str, method: str | None, overrides: Mapping[str, Any]) 
     from monai.bundle import ConfigParser
 
     from pipeline.inference.batch import BatchError
-    from pipeline.inference.cli import inference_config_files
+    from pipeline.inference.cli import bundle_config_files, inference_config_files
+    from pipeline.io.arguments import check_override_keys, config_keys
 
     try:
         files = inference_config_files(bundle, method)
-    except BatchError as err:
+        check_override_keys(overrides, config_keys(bundle_config_files(bundle)), f"bundle {bundle}")
+    except (BatchError, OverrideError) as err:
         raise RealEvalError(str(err)) from None
     real_eval_config = Path(files[0]).with_name("real_eval.json")  # real-data settings merged last, if any
     if real_eval_config.is_file():

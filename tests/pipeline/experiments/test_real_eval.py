@@ -201,3 +201,10 @@ def test_brats_without_checkpoint_exits_2_with_the_training_command(tmp_path, ca
 def test_bad_command_lines_exit_2(capsys, argv, message):
     assert main([*argv, "--no-mlflow"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_misspelt_setting_is_refused_before_any_work(tmp_path, capsys):
+    code = main(["lits", "--real-data", str(tmp_path), "--no-mlflow", "--num_thread", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "unknown setting --num_thread for bundle lits" in err and "closest known: --num_threads" in err
