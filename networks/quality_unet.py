@@ -3,7 +3,7 @@
 The refinement network of Rebelo, Fernandes & Cardoso: an encoder-decoder U-Net whose input is the image with the
 current mask as one extra channel, with two outputs: a refined mask (logits) and, from the bottleneck, the predicted
 quality of the *input* mask (its Dice against the unknown ground truth). Fed its own output as the next mask it can
-be applied repeatedly (``pipeline.refine.workflow``).
+be applied repeatedly (``pipeline.refine``).
 
 Reference:
     J. Rebelo, K. Fernandes and J. S. Cardoso, "Quality-based Regularization for Iterative Deep Image

@@ -2,7 +2,7 @@
 
 Runs, in order: the bundle's base training (``train.json``) when its checkpoint is missing (or with
 ``--train-base``), then one refinement training per variant (``train.json`` + ``refine.json``, see
-:mod:`pipeline.refine.workflow`): ``noq`` (λ = 0, no quality regulariser) and ``q`` (the config's λ > 0), optionally
+:mod:`pipeline.refine.engine`): ``noq`` (λ = 0, no quality regulariser) and ``q`` (the config's λ > 0), optionally
 ``q-warm`` / ``q-scratch`` (trained on their own refined outputs). Each is its own MLflow run in ``varseg-<bundle>``.
 Then writes ``refine_table.md`` and ``refine_table.csv`` to ``bundles/<bundle>/eval/refine/`` (test Dice mean ± std
 over cases after 0, 1, 2 steps, after the ``k`` chosen on validation, with the early stop on predicted quality, and

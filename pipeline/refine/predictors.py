@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.refine.data import RefineCase
 from pipeline.refine.iteration import iterate_refinement, stack_slices
-from pipeline.refine.workflow import RefineCase
 
 __all__ = ["RefinePredictor", "SelectiveRefinePredictor", "load_refinement"]
 
@@ -66,7 +66,8 @@ class RefinePredictor:
     Args:
         base: the bundle's slice predictor (its ``load`` loads the base checkpoint).
         network: the :class:`networks.QualityUNet`.
-        ckpt_path: the refinement checkpoint (``model.pt`` written by :class:`RefinementWorkflow`).
+        ckpt_path: the refinement checkpoint (``model.pt`` written by
+            :class:`pipeline.refine.evaluation.RefineEvaluation`).
         num_slices: adjacent slices per image channel.
         iterations: refinement steps; None takes the ``k`` chosen on validation stored in the checkpoint.
         early_stop: stop early when the predicted quality stops rising; None follows the checkpoint's

@@ -230,7 +230,7 @@ def loader_samples(samples: Sequence[Mapping[str, Any]], guidance: str) -> list[
 
 
 def refine_entries(samples: Sequence[Mapping[str, Any]], guidance: str) -> list[dict[str, Any]]:
-    """Selective samples as one-slice volumes for :class:`pipeline.refine.workflow.RefinementWorkflow`.
+    """Selective samples as one-slice volumes for the refinement stage (:class:`pipeline.refine.data.BaseMasks`).
 
     Each entry has ``image`` = the network input ``(f, G)`` as ``(2, H, W, 1)``, ``label`` ``(1, H, W, 1)``, a
     ``case`` name ``<case>_z<slice>`` and the click ``points`` (part of the base-mask cache key).

@@ -350,17 +350,25 @@ class TrainingCheckpoint:
         log_final_model: with a ``tracker``, log the final weights when the run finishes.
         best_saver: the validation's key-metric ``CheckpointSaver`` (``save_key_metric=True``, optional).
         evaluator: the validation evaluator (optional), whose best metric and its epoch are kept.
+        extra: more objects with ``state_dict`` / ``load_state_dict`` saved and restored under their names (e.g. the
+            refinement's :class:`pipeline.refine.engine.RefinementRounds`).
     """
 
     def __init__(self, save_dir: str | Path, model: Any, optimizer: Any, lr_scheduler: Any = None,
                  interval: int = 1, resume: bool = False, tracker: Any = None, save_rng: bool = True,
-                 log_final_model: bool = True, best_saver: Any = None, evaluator: Any = None) -> None:
+                 log_final_model: bool = True, best_saver: Any = None, evaluator: Any = None,
+                 extra: Mapping[str, Any] | None = None) -> None:
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
         self.save_dir = Path(save_dir)
         self.objects = {"model": model, "optimizer": optimizer}
         if lr_scheduler is not None:
             self.objects["lr_scheduler"] = lr_scheduler
+        reserved = {"model", "optimizer", "lr_scheduler", "trainer", "rng", "best_validation", "mlflow"}
+        for name in extra or {}:
+            if name in reserved:
+                raise ValueError(f"extra checkpoint entry '{name}' clashes with a built-in entry ({sorted(reserved)})")
+        self.extra = dict(extra or {})
         self.interval = interval
         self.resume = resume
         self.tracker = tracker
@@ -384,7 +392,7 @@ class TrainingCheckpoint:
     def attach(self, engine: Engine) -> None:
         from monai.handlers import CheckpointLoader, CheckpointSaver
 
-        save_dict = {**self.objects, "trainer": engine}
+        save_dict = {**self.objects, "trainer": engine, **self.extra}
         if self.save_rng:
             save_dict["rng"] = RandomStates(engine)
         if self.best is not None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from ignite.engine import Events
 
 from networks import QualityUNet
 from pipeline.evaluation.metrics import dice_jaccard
@@ -24,7 +25,9 @@ from pipeline.refine.iteration import (
     volume_quality,
 )
 from pipeline.refine.predictors import RefinePredictor
-from pipeline.refine.workflow import RefineCase, RefinementWorkflow, RefineSliceDataset
+from pipeline.refine.data import BaseMasks, RefineCase, RefineSliceDataset
+from pipeline.refine.engine import RefinementRounds, RefineTrainer
+from pipeline.refine.evaluation import RefineEvaluation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -218,53 +221,89 @@ class _BaseNet(nn.Module):
         return self.conv(x)
 
 
-def _workflow(tmp_path: Path, base_ckpt: Path, **kwargs) -> RefinementWorkflow:
+def _toy_base(tmp_path: Path, base_ckpt: Path) -> tuple[BaseMasks, dict[str, list[dict]]]:
+    """Base masks of a thresholding 'base model' and the toy splits: 2 training, 1 validation, 3 test cases."""
     from pipeline.inference.inferers import AdjacentSliceInferer
-    from transforms import RandImperfectMaskd
 
     def entry(i: int) -> dict:
         c = _case(f"case{i}", i)
         return {"case": c.case, "image": c.image, "label": c.label[None].float()}
 
-    settings = dict(
-        bundle="toy", variant="q", train_data=[entry(0), entry(1)], val_data=[entry(2)],
-        test_data=[entry(3), entry(4), entry(5)],
-        volume_transform=lambda d: d, base_network=_BaseNet(), base_ckpt=base_ckpt, base_hint="python train_toy.py",
-        base_inferer=AdjacentSliceInferer(num_slices=1, divisible=1), base_mask=lambda out: out[0] > 0,
-        target=lambda label: label[0] > 0.5,
-        network_factory=lambda: QualityUNet(spatial_dims=2, in_channels=1, features=2, levels=3, output_bias=-2.0),
-        loss=__import__("losses").QualityRegularisedDiceLoss(quality_weight=1.0),
-        optimizer_factory=lambda p: torch.optim.Adam(p, lr=1e-2), mask_augmentation=RandImperfectMaskd(keys="mask"),
-        num_slices=1, base_mask_prob=0.5, slice_stride=1, batch_size=4, max_epochs=2, max_iterations=2,
-        early_stop_delta=0.0, self_training="none", self_training_rounds=1, self_training_epochs=1,
-        ckpt_dir=tmp_path / "ckpt", output_dir=tmp_path / "eval", cache_dir=tmp_path / "cache", tracker=None,
-        seed=0, divisor=4, progress=False)
-    settings.update(kwargs)
-    return RefinementWorkflow(**settings)
+    base = BaseMasks("toy", lambda d: d, _BaseNet(), base_ckpt, "python train_toy.py",
+                     AdjacentSliceInferer(num_slices=1, divisible=1), lambda out: out[0] > 0,
+                     lambda label: label[0] > 0.5, tmp_path / "cache", progress=False)
+    return base, {"train": [entry(0), entry(1)], "val": [entry(2)], "test": [entry(3), entry(4), entry(5)]}
 
 
-def test_missing_base_model_names_file_and_command(tmp_path: Path) -> None:
-    wf = _workflow(tmp_path, tmp_path / "nope" / "model.pt")
-    with pytest.raises(FileNotFoundError, match=r"base model .*nope/model.pt not found.*python train_toy.py"):
-        wf.run()
+def _toy_net() -> nn.Module:
+    return QualityUNet(spatial_dims=2, in_channels=1, features=2, levels=3, output_bias=-2.0)
 
 
-@pytest.mark.parametrize("self_training", ["none", "warm", "scratch"])
-def test_workflow_end_to_end(tmp_path: Path, self_training: str) -> None:
-    torch.manual_seed(0)
+def _refinement(tmp_path: Path, base: BaseMasks, splits: dict, factory=_toy_net, num_slices: int = 1,
+                self_training: str = "none", max_epochs: int = 2, resume: bool = False, tracker=None):
+    """The refinement stage as ``configs/refine.json`` builds it: trainer, rounds, evaluation, checkpoint."""
+    import losses
+    from pipeline.training.handlers import TrainingCheckpoint
+    from transforms import RandImperfectMaskd
+
+    cases = base.load(splits)
+    augmentation = RandImperfectMaskd(keys="mask")
+    dataset = RefineSliceDataset(cases["train"], num_slices, augmentation, base_mask_prob=0.5, seed=0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=True, drop_last=len(dataset) > 4)
+    network = factory()
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    rounds = RefinementRounds(dataset, cases["val"], factory, self_training, max_epochs=max_epochs, rounds=1,
+                              round_epochs=1, num_slices=num_slices, seed=0, divisor=4)
+    evaluation = RefineEvaluation("toy", "q", cases["val"], cases["test"], rounds, augmentation, num_slices,
+                                  max_iterations=2, early_stop_delta=0.0, ckpt_dir=tmp_path / "ckpt",
+                                  output_dir=tmp_path / "eval", tracker=tracker, divisor=4, progress=False)
+    checkpoint = TrainingCheckpoint(tmp_path / "ckpt" / "checkpoints", network, optimizer, resume=resume,
+                                    tracker=tracker, extra={"refinement": rounds})
+    trainer = RefineTrainer(device=torch.device("cpu"), max_epochs=rounds.total_epochs, train_data_loader=loader,
+                            network=network, optimizer=optimizer,
+                            loss_function=losses.QualityRegularisedDiceLoss(quality_weight=1.0), divisor=4,
+                            progress=False,
+                            train_handlers=[rounds, evaluation, *([tracker] if tracker else []), checkpoint])
+    return trainer, evaluation
+
+
+def _base_checkpoint(tmp_path: Path) -> Path:
     base = _BaseNet()
     with torch.no_grad():
         base.conv.weight.zero_()
         base.conv.weight[0, 0, 1, 1] = 1.0
         base.conv.bias.fill_(-0.5)
     torch.save(base.state_dict(), tmp_path / "base.pt")
-    wf = _workflow(tmp_path, tmp_path / "base.pt", self_training=self_training)
-    summary = wf.run()
+    return tmp_path / "base.pt"
+
+
+def test_missing_base_model_names_file_and_command(tmp_path: Path) -> None:
+    base, splits = _toy_base(tmp_path, tmp_path / "nope" / "model.pt")
+    with pytest.raises(FileNotFoundError, match=r"base model .*nope/model.pt not found.*python train_toy.py"):
+        base.load(splits)
+    base, splits = _toy_base(tmp_path, _base_checkpoint(tmp_path))
+    with pytest.raises(ValueError, match="training .*validation and test cases, got 2 / 0 / 3"):
+        base.load({**splits, "val": []})
+
+
+@pytest.mark.parametrize("self_training", ["none", "warm", "scratch"])
+def test_refinement_end_to_end(tmp_path: Path, self_training: str) -> None:
+    base, splits = _toy_base(tmp_path, _base_checkpoint(tmp_path))
+    trainer, evaluation = _refinement(tmp_path, base, splits, self_training=self_training)
+    epochs = []
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs.append((e.state.epoch, len(e.data_loader))))
+    trainer.run()
+    summary = evaluation.summary
+    # 2 epochs, then one round: warm trains 1 more epoch, scratch retrains 2; own outputs double the samples
+    rounds = {"none": [(1, 2), (2, 2)], "warm": [(1, 2), (2, 2), (3, 4)],
+              "scratch": [(1, 2), (2, 2), (3, 4), (4, 4)]}
+    assert epochs == rounds[self_training]
+    assert {"train_loss", "train_dice_loss", "train_quality_mse", "val_dice_1x"} <= set(trainer.state.metrics)
     assert len(summary["test_dice_per_k"]) == 3 and summary["num_test_cases"] == 3
     assert 0 <= summary["k_val"] <= 2 and summary["test_dice_valk"] == summary["test_dice_per_k"][summary["k_val"]]
     assert summary["num_own_output_samples"] == (0 if self_training == "none" else 8)  # 2 cases x 4 slices, 1 round
     # the base mask (image > 0.5) of the noisy phantom against its square label, recomputed here
-    cases = wf.load_cases()
+    cases = base.load(splits)
     expected = np.mean([dice_jaccard(c.base.numpy(), c.label.numpy())[0] for c in cases["test"]])
     assert summary["test_dice_0x"] == pytest.approx(expected)
     assert len(list((tmp_path / "cache").glob("base_masks_*.pt"))) == 1
@@ -274,9 +313,64 @@ def test_workflow_end_to_end(tmp_path: Path, self_training: str) -> None:
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["variant"] == "q"
     state = torch.load(tmp_path / "ckpt" / "model.pt", weights_only=True)
     assert state["k"] == summary["k_val"] and "model" in state
+    for k, v in trainer.network.state_dict().items():  # the best weights of the last round, evaluated and saved
+        torch.testing.assert_close(state["model"][k], v, rtol=0, atol=0)
     es = summary["val_dice_early_stop_per_k"][summary["k_val_early_stop"]]
     fixed = summary["val_dice_per_k"][summary["k_val"]]
     assert state["early_stop"] == summary["early_stop_recommended"] == (es >= fixed)
+    saved = torch.load(tmp_path / "ckpt" / "checkpoints" / f"checkpoint_epoch={len(epochs)}.pt", weights_only=True)
+    assert saved["trainer"]["iteration"] == len(epochs) * epochs[-1][1]  # epoch boundary, whatever the lengths
+    assert len(saved["refinement"]["own_masks"]) == summary["num_own_output_samples"]
+
+
+def test_refinement_resume_continues_the_same_run_and_matches_an_uninterrupted_one(tmp_path: Path) -> None:
+    """Scratch round (2 + 2 epochs), interrupted after epoch 3 (inside the round, own outputs added) and resumed
+    with --resume true: same weights, figures and MLflow run as without the interruption."""
+    from pipeline.training.tracking import MLflowTracker
+
+    ckpt = _base_checkpoint(tmp_path)
+    store = tmp_path / "mlruns"
+
+    def tracker(name: str) -> MLflowTracker:
+        return MLflowTracker("refine-test", run_name=name, bundle="toy", store_dir=store, log_config=False)
+
+    straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
+    base, splits = _toy_base(straight_dir, ckpt)
+    torch.manual_seed(0)
+    straight, straight_eval = _refinement(straight_dir, base, splits, self_training="scratch")
+    straight.run()
+
+    base, splits = _toy_base(resumed_dir, ckpt)
+    torch.manual_seed(0)
+    first_tracker = tracker("first")
+    first, _ = _refinement(resumed_dir, base, splits, self_training="scratch", tracker=first_tracker)
+
+    def crash(engine) -> None:
+        raise RuntimeError("simulated crash")
+
+    first.add_event_handler(Events.EPOCH_COMPLETED(once=3), crash)  # after the epoch-3 checkpoint
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        first.run()
+    run_id = first_tracker.run_id
+    client = first_tracker._client()
+    assert client.get_run(run_id).info.status == "FAILED"
+
+    torch.manual_seed(123)  # whatever the process drew before: the checkpoint restores the generators
+    second_tracker = tracker("second")
+    second, second_eval = _refinement(resumed_dir, base, splits, self_training="scratch", resume=True,
+                                      tracker=second_tracker)
+    epochs = []
+    second.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs.append(e.state.epoch))
+    second.run()
+    assert epochs == [4]
+    assert second_tracker.run_id == run_id and client.get_run(run_id).info.status == "FINISHED"
+    for k, v in straight.network.state_dict().items():
+        torch.testing.assert_close(second.network.state_dict()[k], v, rtol=0, atol=0)
+    assert second_eval.summary["test_dice_per_k"] == straight_eval.summary["test_dice_per_k"]
+    assert second_eval.summary["num_own_output_samples"] == 8
+    history = client.get_metric_history(run_id, "val_dice_1x")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]  # each epoch once, the resumed one included
+    assert "test_dice_valk" in client.get_run(run_id).data.metrics
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -378,7 +472,7 @@ def test_refine_configs_parse_brats_and_lung() -> None:
 
     ckpt, net = resolve("brats", [], "base_ckpt", "refine_network_def")
     assert ckpt.endswith("bundles/brats/models/model.pt") and net().in_channels == 12
-    ckpt, net, inferer = resolve("lung", [], "base_ckpt", "refine_network_def", "refiner#base_inferer")
+    ckpt, net, inferer = resolve("lung", [], "base_ckpt", "refine_network_def", "refine_base_masks#inferer")
     assert ckpt.endswith("bundles/lung/models/m4/model.pt") and net().in_channels == 2
     x = torch.rand(1, 2, 20, 24, 3)
     out = inferer(x, lambda t: t[:, :1] * 2)  # slice by slice, padded for the network and cropped back
@@ -444,36 +538,29 @@ def test_lung_slices_become_one_slice_cases(lung_dir: Path) -> None:
             torch.testing.assert_close(out[..., z], net(volume[..., z]))
 
 
-def test_lung_workflow_and_predictor_quality(lung_dir: Path, tmp_path: Path) -> None:
-    """The workflow runs on selective one-slice cases; the predictor writes the quality column per volume."""
-    import losses
+def test_lung_refinement_and_predictor_quality(lung_dir: Path, tmp_path: Path) -> None:
+    """The refinement runs on selective one-slice cases; the predictor writes the quality column per volume."""
     from pipeline.inference.batch import run_batch
     from pipeline.inference.predictors import SelectivePredictor
     from pipeline.io.layouts import index_inputs
     from pipeline.refine.predictors import SelectiveRefinePredictor
     from pipeline.selective.padding import SliceStackInferer
     from pipeline.selective.samples import SelectiveSlices, refine_entries
-    from transforms import RandImperfectMaskd
 
     datalist = _lung_datalist(lung_dir)
     slicer = SelectiveSlices(progress=False)
     torch.save(_GeodesicNet().state_dict(), tmp_path / "vm.pt")
     net = lambda: QualityUNet(spatial_dims=2, in_channels=2, features=2, levels=3)  # noqa: E731
-    wf = RefinementWorkflow(
-        bundle="lung", variant="q", train_data=refine_entries(slicer.volume_slices(datalist[:1], stride=3), "geodesic"),
-        val_data=refine_entries(slicer.volume_slices(datalist[1:2], stride=3), "geodesic"),
-        test_data=refine_entries(slicer(datalist), "geodesic"), volume_transform=lambda d: d,
-        base_network=_GeodesicNet(), base_ckpt=tmp_path / "vm.pt", base_hint="train the VM-Net",
-        base_inferer=SliceStackInferer(16), base_mask=lambda out: out[0] > 0.5, target=lambda label: label[0] > 0.5,
-        network_factory=net, loss=losses.QualityRegularisedDiceLoss(quality_weight=1.0),
-        optimizer_factory=lambda p: torch.optim.Adam(p, lr=1e-2), mask_augmentation=RandImperfectMaskd(keys="mask"),
-        num_slices=1, base_mask_prob=0.5, slice_stride=1, batch_size=4, max_epochs=1, max_iterations=2,
-        early_stop_delta=0.0, self_training="none", self_training_rounds=1, self_training_epochs=1,
-        ckpt_dir=tmp_path / "ckpt", output_dir=tmp_path / "eval", cache_dir=tmp_path / "cache", tracker=None,
-        seed=0, divisor=4, progress=False)
-    summary = wf.run()
+    base = BaseMasks("lung", lambda d: d, _GeodesicNet(), tmp_path / "vm.pt", "train the VM-Net", SliceStackInferer(16),
+                     lambda out: out[0] > 0.5, lambda label: label[0] > 0.5, tmp_path / "cache", progress=False)
+    splits = {"train": refine_entries(slicer.volume_slices(datalist[:1], stride=3), "geodesic"),
+              "val": refine_entries(slicer.volume_slices(datalist[1:2], stride=3), "geodesic"),
+              "test": refine_entries(slicer(datalist), "geodesic")}
+    trainer, evaluation = _refinement(tmp_path, base, splits, factory=net, max_epochs=1)
+    trainer.run()
+    summary = evaluation.summary
     assert summary["num_test_cases"] == 3 and len(summary["test_dice_per_k"]) == 3
-    base_dice = [dice_jaccard(c.base.numpy(), c.label.numpy())[0] for c in wf.load_cases()["test"]]
+    base_dice = [dice_jaccard(c.base.numpy(), c.label.numpy())[0] for c in base.load(splits)["test"]]
     assert summary["test_dice_0x"] == pytest.approx(np.mean(base_dice)) and np.mean(base_dice) > 0.3
 
     # batch inference: clicks on one slice of one case, refined mask and quality in cases.csv
