@@ -301,7 +301,9 @@ class GeodesicDistance(Transform):
         marched = np.asarray(skfmm.travel_time(phi, 1.0 / cost, dx=spacing, order=self.order))
         marched[crop] = np.where(inside, local - start, marched[crop])
         marched += start
-        return marched
+        # the second-order stencil can overshoot below the seeds' level next to sharp cost jumps (noisy edges around
+        # a large seed set); no travel time is below the seeds' zero
+        return np.maximum(marched, 0.0)
 
 
 def _gradient_sumsq(z: np.ndarray, steps: tuple[float, ...]) -> np.ndarray:

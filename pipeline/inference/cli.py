@@ -1,7 +1,8 @@
 """``varseg infer``: segment a file, a folder or a datalist with a bundle from the command line.
 
     varseg infer <bundle> --input PATH [--layout auto] [--output DIR] [--markers FILE_OR_DIR]
-        [--markers-space RAS|LPS] [--modalities ...] [--overwrite] [--identify] [--no-mlflow] [--refine]
+        [--markers-space RAS|LPS] [--window LOW HIGH] [--modalities ...] [--overwrite] [--identify] [--no-mlflow]
+        [--refine]
         [--key value ...]
 
 The bundle's ``configs/inference.json`` builds the predictor; every other ``--key value`` pair overrides a setting of
@@ -11,6 +12,7 @@ itself (outputs, CSV, failures, privacy, exit codes) is :func:`pipeline.inferenc
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -43,8 +45,10 @@ def bundle_config_files(bundle: str) -> list[Path]:
 
 
 def inference_config_files(bundle: str, method: Any = None) -> list[str]:
-    """The config files of a bundle's inference, merged in order: ``configs/inference.json`` (with the method's file
-    from ``configs/methods/`` before it when ``method`` names one).
+    """The config files of a bundle's inference, merged in order: ``configs/inference.json``, then the method's file
+    from ``configs/methods/`` when ``method`` names one that holds settings only. A method file with its own ``run``
+    (the lung bundle's per-image methods ``tv``, ``elastica``, ``dip``: their validation/test evaluation) is a
+    workflow of its own and is not merged; ``inference.json`` holds what inference needs of those methods.
 
     Raises:
         BatchError: an unknown bundle, or a bundle without a readable ``configs/inference.json``.
@@ -59,7 +63,17 @@ def inference_config_files(bundle: str, method: Any = None) -> list[str]:
     if not inference.is_file():
         raise BatchError(f"bundle '{bundle}' has no configs/inference.json")
     method_file = configs / "methods" / f"{method}.json"
-    return ([str(inference), str(method_file)] if method and method_file.is_file() else [str(inference)])
+    if not method or not method_file.is_file() or "run" in _read_json(method_file):
+        return [str(inference)]
+    return [str(inference), str(method_file)]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise BatchError(f"{path}: not a readable JSON config ({one_line(err)})") from None
+    return content if isinstance(content, dict) else {}
 
 
 def _build_parser(prog: str = _PROG) -> OneLineArgumentParser:
@@ -78,6 +92,9 @@ def _build_parser(prog: str = _PROG) -> OneLineArgumentParser:
     parser.add_argument("--markers", default=None, help="markers file, or a folder of <case>.csv / .mrk.json")
     parser.add_argument("--markers-space", default=None, type=str.upper, choices=["RAS", "LPS", "VOXEL"],
                         help="coordinates of CSV x,y,z markers")
+    parser.add_argument("--window", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"),
+                        help="intensity window mapped to [0, 1], e.g. --window -160 240 for a liver in HU (bundles "
+                             "with a 'window' setting; default: the bundle's)")
     parser.add_argument("--modalities", nargs="+", default=None,
                         help="modalities to read, in this order (multi-modal layouts; default: the bundle's "
                              "'modalities' setting, if it has one)")
@@ -137,6 +154,15 @@ def _apply_arguments(config: Any, args: Any, overrides: Mapping[str, Any]) -> No
         config["markers"] = args.markers
     if args.markers_space is not None:
         config["markers_space"] = "voxel" if args.markers_space == "VOXEL" else args.markers_space
+    if args.no_progress and "progress" in config:
+        config["progress"] = False
+    if args.window is not None:
+        if "window" not in config:
+            raise BatchError(f"bundle {args.bundle} has no intensity window setting: --window does not apply")
+        low, high = args.window
+        if not high > low:
+            raise BatchError(f"--window needs LOW < HIGH, got {low:g} {high:g}")
+        config["window"] = [low, high]
 
 
 def _read_job(config: Any, args: Any) -> _Job:

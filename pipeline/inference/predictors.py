@@ -32,9 +32,11 @@ from pipeline.io.files import load_weights
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ClickPredictor",
     "SelectivePredictor",
     "SlicePredictor",
     "brats_predictor",
+    "click_volume",
     "lits_predictor",
     "segment_selective",
     "spect_predictor",
@@ -191,26 +193,23 @@ def spect_predictor(network: torch.nn.Module, ckpt_path: str | Path | None,
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def segment_selective(volume: Any, markers_path: str | Path, predict: Callable[[Mapping[str, Any]], np.ndarray],
-                      slicer: Any, markers_space: str | None = None, case: str | None = None) -> np.ndarray:
-    """Segment the object marked in ``markers_path`` on a :class:`pipeline.io.volumes.Volume`.
+def click_volume(volume: Any, markers_path: str | Path, markers_space: str | None = None) -> np.ndarray:
+    """The clicks of ``markers_path`` as a ``uint8`` volume in the voxel order of ``volume``.
 
-    The logic of :func:`pipeline.selective.segment_volume` on an already read volume: the markers (CSV or 3D Slicer
-    ``.mrk.json``, voxel or RAS/LPS coordinates) are mapped to voxels with the volume's RAS affine, grouped by axial
-    slice of the RAS-reoriented volume, each slice holding clicks is segmented by ``predict(sample)``, and the mask
-    comes back in the volume's own voxel order.
+    The markers (CSV or 3D Slicer ``.mrk.json``, voxel or RAS/LPS coordinates) are mapped to voxels with the volume's
+    RAS affine (:func:`transforms.read_markers`).
 
     Raises:
-        CaseError: markers outside the image, an unreadable markers file or markers that are not 3D.
+        CaseError: markers outside the image (e.g. a markers file of another image), an unreadable markers file or
+            markers that are not 3D.
     """
     from pipeline.io.volumes import CaseError
     from transforms import read_markers
 
-    case = case or str(getattr(volume, "case", "case"))
-    data = np.asarray(volume.array, dtype=np.float32)
+    shape = tuple(np.asarray(volume.array).shape)
     try:
         points = read_markers(markers_path, image_affine=np.asarray(volume.affine, dtype=np.float64),
-                              space=markers_space, spatial_shape=data.shape)
+                              space=markers_space, spatial_shape=shape)
     except (ValueError, OSError, KeyError) as err:
         text = " ".join(str(err).split())
         if "outside" in text:
@@ -218,8 +217,23 @@ def segment_selective(volume: Any, markers_path: str | Path, predict: Callable[[
         raise CaseError(f"unusable markers file: {text}") from None
     if points.ndim != 2 or points.shape[1] != 3:
         raise CaseError(f"markers file {Path(markers_path).name} holds 2D points; 3D coordinates are needed")
-    clicks = np.zeros(data.shape, dtype=np.uint8)
+    clicks = np.zeros(shape, dtype=np.uint8)
     clicks[tuple(points.T)] = 1
+    return clicks
+
+
+def segment_selective(volume: Any, markers_path: str | Path, predict: Callable[[Mapping[str, Any]], np.ndarray],
+                      slicer: Any, markers_space: str | None = None, case: str | None = None) -> np.ndarray:
+    """Segment the object marked in ``markers_path`` on a :class:`pipeline.io.volumes.Volume`, clicked slices only.
+
+    The clicks (:func:`click_volume`) are grouped by axial slice of the RAS-reoriented volume, each slice holding
+    clicks is segmented by ``predict(sample)``, and the mask comes back in the volume's own voxel order.
+
+    Raises:
+        CaseError: markers outside the image, an unreadable markers file or markers that are not 3D.
+    """
+    case = case or str(getattr(volume, "case", "case"))
+    clicks = click_volume(volume, markers_path, markers_space)
     data_ras = np.asarray(volume.to_ras(), dtype=np.float32)
     clicks_ras = np.asarray(volume.to_ras(clicks))
     mask_ras = np.zeros(data_ras.shape, dtype=np.uint8)
@@ -228,6 +242,48 @@ def segment_selective(volume: Any, markers_path: str | Path, predict: Callable[[
         sample = slicer.from_slice(data_ras[:, :, z], points=pts, case=case, slice_index=int(z))
         mask_ras[:, :, z] = np.asarray(predict(sample), dtype=bool)
     return np.ascontiguousarray(np.asarray(volume.from_ras(mask_ras)).astype(np.uint8))
+
+
+class ClickPredictor:
+    """Clicks to a whole 3D mask with no trained network (``varseg infer lung --method tv|elastica|dip``).
+
+    ``entry["markers"]`` (set by :func:`pipeline.inference.batch.run_batch` from ``--markers``) is the case's markers
+    file; the volume is reoriented to RAS, segmented by a :class:`pipeline.selective.clicks.ClickSegmentation`
+    (clicked slices, then propagated through the structure) and the mask comes back in the volume's voxel order.
+
+    Args:
+        segmenter: the :class:`pipeline.selective.clicks.ClickSegmentation`.
+        markers_space: coordinate system of CSV ``x,y,z`` markers (``"RAS"``, ``"LPS"`` or ``"voxel"``).
+    """
+
+    needs_markers = True
+
+    def __init__(self, segmenter: Any, markers_space: str | None = None) -> None:
+        self.segmenter = segmenter
+        self.markers_space = markers_space or None
+        self.last_result: Any = None
+
+    def load(self) -> None:
+        """Nothing to load: the per-image models are solved on each input."""
+
+    def __call__(self, volume: Any, entry: Mapping[str, Any] | None = None) -> np.ndarray:
+        from pipeline.io.volumes import CaseError
+
+        volume = _as_list(volume)[0]
+        case = _case(volume, entry)
+        markers = (entry or {}).get("markers")
+        if not markers:
+            raise CaseError("no markers file for this case (pass --markers <file or folder>)")
+        clicks_ras = np.asarray(volume.to_ras(click_volume(volume, markers, self.markers_space)))
+        try:
+            result = self.segmenter(np.asarray(volume.to_ras(), dtype=np.float32), clicks_ras, case=case)
+        except ValueError as err:
+            raise CaseError(" ".join(str(err).split())) from None
+        self.last_result = result
+        stops = [f"slice {r.slice}: {r.stop}" for r in result.records if r.stop]
+        logger.info("%s: %d slices segmented (%s); propagation stopped at %s", case, len(result.slices),
+                    f"{min(result.slices)}-{max(result.slices)}" if result.slices else "none", "; ".join(stops) or "-")
+        return np.ascontiguousarray(np.asarray(volume.from_ras(result.mask.astype(np.uint8))).astype(np.uint8))
 
 
 class SelectivePredictor:

@@ -175,11 +175,15 @@ class SelectiveSlices:
         return np.asarray(image[0]), np.asarray(label[0]) == self.target_label, case
 
     def from_slice(self, hu: np.ndarray, obj: np.ndarray | None = None, points: np.ndarray | None = None,
-                   case: str = "case", slice_index: int = 0, seed: int = 0) -> dict[str, Any]:
-        """A sample from a 2D HU slice and either the object mask (clicks simulated) or given click ``points``.
+                   case: str = "case", slice_index: int = 0, seed: int = 0,
+                   markers: np.ndarray | None = None) -> dict[str, Any]:
+        """A sample from a 2D HU slice and either the object mask (clicks simulated), given click ``points`` (their
+        polygon is the marker set) or a given marker set ``markers`` (a 2D mask, e.g. the eroded mask of the
+        neighbouring slice when a segmentation is propagated through a volume).
 
         Raises:
-            ValueError: for a non-2D slice, non-finite values, or neither/empty ``obj`` and ``points``.
+            ValueError: for a non-2D slice, non-finite values, an empty or misshaped ``markers``, or neither/empty
+                ``obj`` and ``points``.
         """
         from transforms import RandClickMarkersd, polygon_mask
 
@@ -189,7 +193,13 @@ class SelectiveSlices:
         if not np.isfinite(hu).all():
             raise ValueError(f"{case}: the slice has NaN or infinite values")
         f = _window(hu, self.window)
-        if points is None:
+        if markers is not None:
+            markers = np.asarray(markers, dtype=bool)
+            if markers.shape != f.shape or not markers.any():
+                raise ValueError(f"{case}: the marker set must be a non-empty mask of the slice's shape {f.shape}, "
+                                 f"got {markers.shape} with {int(markers.sum())} pixels")
+            points = np.argwhere(markers)
+        elif points is None:
             if obj is None or not np.any(obj):
                 raise ValueError(f"{case}: no object to click in and no click points given")
             clicker = RandClickMarkersd(keys="label", label_value=1, num_clicks=self.num_clicks,
@@ -198,7 +208,7 @@ class SelectiveSlices:
             out = clicker({"label": obj.astype(np.uint8)[None]})
             points = np.asarray(out["label_markers_points"], dtype=np.int64)
         points = np.asarray(points, dtype=np.int64).reshape(-1, 2)
-        polygon = polygon_mask(points, f.shape)
+        polygon = markers if markers is not None else polygon_mask(points, f.shape)
         maps = {
             "intensity": f,
             "polygon": polygon.astype(np.float32),
@@ -208,7 +218,8 @@ class SelectiveSlices:
             "label": (np.zeros_like(f) if obj is None else np.asarray(obj, dtype=np.float32)),
         }
         sample: dict[str, Any] = {k: torch.as_tensor(v, dtype=torch.float32)[None] for k, v in maps.items()}
-        sample.update(case=case, slice=int(slice_index), points=json.dumps(points.tolist()),
+        listed = points if markers is None else np.empty((0, 2), dtype=np.int64)  # a marker set has no click list
+        sample.update(case=case, slice=int(slice_index), points=json.dumps(listed.tolist()),
                       has_label=obj is not None)
         return sample
 
