@@ -45,7 +45,7 @@ from pipeline.selective.samples import PER_IMAGE_METHODS, SelectiveSlices
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClickSegmentation", "SliceRecord", "SliceSolver", "VolumeResult"]
+__all__ = ["ClickSegmentation", "SliceRecord", "SliceSolver", "VolumeResult", "keep_marked", "simulate_clicks"]
 
 
 class SliceSolver:
@@ -292,3 +292,35 @@ def _touches_inner_side(mask: np.ndarray, box: Sequence[slice], shape: Sequence[
 def _disc(radius: int) -> np.ndarray:
     r = np.arange(-radius, radius + 1)
     return (r[:, None] ** 2 + r[None, :] ** 2) <= radius * radius
+
+
+def simulate_clicks(target: np.ndarray, fractions: Sequence[float] = (0.2, 0.5, 0.8), num_clicks: Any = (4, 8),
+                    min_distance: float = 10.0, seed: int = 0) -> np.ndarray:
+    """Clicks a user might place: on the axial slices at ``fractions`` of the target's slice range, ``num_clicks``
+    inside the largest region of each (at least ``min_distance`` pixels from its boundary), seeded per slice.
+
+    Args:
+        target: ``(H, W, D)`` boolean mask of the structure (axial slices on the last axis).
+
+    Returns:
+        ``uint8`` click volume of the target's shape.
+
+    Raises:
+        ValueError: an empty target.
+    """
+    from pipeline.selective.samples import largest_component
+    from transforms import RandClickMarkersd
+
+    slices = np.flatnonzero(np.asarray(target).any(axis=(0, 1)))
+    if not len(slices):
+        raise ValueError("simulate_clicks: the target is empty")
+    clicks = np.zeros(target.shape, np.uint8)
+    for n, q in enumerate(fractions):
+        z = int(slices[int(round(float(q) * (len(slices) - 1)))])
+        clicker = RandClickMarkersd(keys="label", label_value=1, num_clicks=num_clicks, min_distance=min_distance,
+                                    order="angle")
+        clicker.set_random_state(seed + n)
+        region = largest_component(target[:, :, z]).astype(np.uint8)[None]
+        points = np.asarray(clicker({"label": region})["label_markers_points"])
+        clicks[points[:, 0], points[:, 1], z] = 1
+    return clicks

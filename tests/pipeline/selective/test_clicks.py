@@ -188,22 +188,14 @@ def test_real_ct_liver_from_clicks_on_three_slices(tmp_path: Path) -> None:
     from pipeline.experiments.real_eval import label_on_grid
     from pipeline.inference.cli import main
     from pipeline.io.volumes import read_volume
-    from pipeline.selective.samples import largest_component
-    from transforms import RandClickMarkersd
+    from pipeline.selective.clicks import simulate_clicks
 
     series, label = _real_liver()
     volume = read_volume(series)
     liver = np.asarray(volume.to_ras(label_on_grid(label, volume)[0] == 5))
-    slices = np.flatnonzero(liver.any(axis=(0, 1)))
-    clicks = np.zeros(liver.shape, np.uint8)
-    for n, q in enumerate((0.2, 0.5, 0.8)):
-        z = int(slices[int(round(q * (len(slices) - 1)))])
-        clicker = RandClickMarkersd(keys="label", label_value=1, num_clicks=(4, 8), min_distance=10, order="angle")
-        clicker.set_random_state(n)
-        points = np.asarray(clicker({"label": largest_component(liver[:, :, z]).astype(np.uint8)[None]})
-                            ["label_markers_points"])
-        assert len(points) <= 8
-        clicks[points[:, 0], points[:, 1], z] = 1
+    clicks = simulate_clicks(liver, (0.2, 0.5, 0.8), num_clicks=(4, 8), min_distance=10, seed=0)
+    per_slice = clicks.sum(axis=(0, 1))
+    assert np.count_nonzero(per_slice) == 3 and per_slice.max() <= 8
     voxels = np.argwhere(np.asarray(volume.from_ras(clicks)) > 0)
     ras = (volume.affine @ np.c_[voxels, np.ones(len(voxels))].T).T[:, :3]
     markers = _slicer_markups(ras, tmp_path / "liver.mrk.json")
