@@ -136,7 +136,8 @@ class ClickSegmentation:
     Args:
         slicer: a :class:`pipeline.selective.samples.SelectiveSlices` (HU window, geodesic, edge and fitting
             settings).
-        solver: ``solver(sample) -> (H, W) mask``, e.g. a :class:`SliceSolver`.
+        solver: ``solver(sample) -> (H, W) mask``, e.g. a :class:`SliceSolver` (None where the bundle config builds
+            the segmenter for a trained method, which never calls it).
         propagate: segment the whole structure (True) or only the clicked slices (False).
         crop_margin: box margin as a fraction of the markers' extent.
         min_margin: smallest box margin in pixels.
@@ -208,6 +209,8 @@ class ClickSegmentation:
         """
         from transforms import polygon_mask
 
+        if self.solver is None:
+            raise ValueError(f"{case}: no per-image solver (the method is not one of {PER_IMAGE_METHODS})")
         hu, clicks = np.asarray(hu, dtype=np.float32), np.asarray(clicks) > 0
         if hu.ndim != 3 or clicks.shape != hu.shape:
             raise ValueError(f"{case}: a 3D volume and a click volume of its shape are needed, got {hu.shape} and "
