@@ -213,23 +213,43 @@ def test_dictionary_twin_keys():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# backend="fast": raster sweeps of transforms.eikonal
+# backend="fast": Gauss-Seidel sweeps of transforms.eikonal, the equation of first-order fast marching
 # ---------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name, make_seeds, bound", [
-    ("2d_point", lambda: _point((64, 64), (20, 30)), 0.35),
-    ("2d_corner", lambda: _point((64, 64), (0, 0)), 0.35),
-    ("2d_disk", lambda: _disk((64, 64), (30, 25), 3.0), 0.35),
-    ("3d_point", lambda: _point((32, 32, 32), (10, 16, 20)), 0.45),
-    ("3d_two_points", lambda: _point((32, 32, 32), (0, 0, 0)) | _point((32, 32, 32), (25, 20, 5)), 0.45),
+    ("2d_point", lambda: _point((64, 64), (20, 30)), 0.85),
+    ("2d_corner", lambda: _point((64, 64), (0, 0)), 0.9),
+    ("2d_disk", lambda: _disk((64, 64), (30, 25), 3.0), 0.7),
+    ("3d_point", lambda: _point((32, 32, 32), (10, 16, 20)), 0.95),
+    ("3d_two_points", lambda: _point((32, 32, 32), (0, 0, 0)) | _point((32, 32, 32), (25, 20, 5)), 1.15),
 ], ids=lambda v: v if isinstance(v, str) else "")
-def test_fast_uniform_image_is_euclidean(name, make_seeds, bound):
+def test_fast_uniform_image_is_first_order_fast_marching(name, make_seeds, bound):
+    """On a uniform image the sweeps give scikit-fmm's first-order map (measured within 3e-5 of the normalised map)
+    and, like it, the Euclidean distance to within a voxel (measured 0.79, 0.85, 0.65, 0.89 and 1.08 voxels)."""
     seeds = make_seeds()
-    geodesic = _to_numpy(GeodesicDistance(backend="fast")(np.full(seeds.shape, 0.5), seeds))
+    image = np.full(seeds.shape, 0.5)
+    geodesic = _to_numpy(GeodesicDistance(backend="fast")(image, seeds))
+    marched = _to_numpy(GeodesicDistance(backend="fmm", order=1)(image, seeds))
+    assert np.abs(geodesic - marched).max() < 1e-4
     euclidean = distance_transform_edt(~seeds)
-    error = np.abs(geodesic * euclidean.max() - euclidean).max()
-    assert error < bound  # measured 0.31 (2D) and 0.37 (3D) voxels; fast marching order 2: 0.85 and 0.79
+    assert np.abs(geodesic * euclidean.max() - euclidean).max() < bound
+
+
+def test_fast_does_not_leak_through_a_thin_edge():
+    """A disc of 0.8 in 0.2 with N(0, 0.02) noise, seeds the polygon of 4 clicks: the front must cross the disc's
+    edge, not slip diagonally between its staircase voxels. An update that charges a diagonal step only the cost of
+    the voxel it reaches gave 0.29 at (12, 2) against first-order fast marching's 0.57."""
+    from transforms import polygon_mask
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:24, :24]
+    image = np.clip(np.where((yy - 12) ** 2 + (xx - 12) ** 2 <= 36, 0.8, 0.2) + rng.normal(0, 0.02, (24, 24)), 0, 1)
+    seeds = polygon_mask(np.array([(10, 10), (14, 10), (14, 14), (10, 14)]), image.shape)
+    fast = _to_numpy(GeodesicDistance(backend="fast", epsilon=1e-3, beta=1000.0, p=2.0)(image, seeds))
+    marched = _to_numpy(GeodesicDistance(backend="fmm", order=1)(image, seeds))
+    assert np.abs(fast - marched).max() < 0.02  # measured 0.0008
+    assert fast[12, 2] == pytest.approx(marched[12, 2], abs=0.01)
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 2.0), (2.5, 1.0)])
@@ -295,13 +315,16 @@ def test_fast_bad_input_same_errors_as_fmm():
             GeodesicDistance(backend=backend)(np.full((8, 8), 2.0), _point((8, 8), (1, 1)))
 
 
-def test_fast_torch_device_matches_numba():
+@pytest.mark.parametrize("shape", [(24, 20), (12, 10, 8)])
+def test_fast_torch_device_matches_numba(shape):
+    """The torch plane sweeps (in-plane neighbours from before the plane's update) reach the numba sweeps' fixed
+    point, in more iterations."""
     rng = np.random.default_rng(1)
-    image = gaussian_filter(rng.random((24, 20)), 1.5)
+    image = gaussian_filter(rng.random(shape), 1.5)
     image = (image - image.min()) / (image.max() - image.min())
-    seeds = _point((24, 20), (12, 10))
-    numba_map = _to_numpy(GeodesicDistance(backend="fast")(image, seeds))
-    torch_map = _to_numpy(GeodesicDistance(backend="fast", device="cpu")(image, seeds))
+    seeds = _point(shape, tuple(n // 2 for n in shape))
+    numba_map = _to_numpy(GeodesicDistance(backend="fast", max_iter=20, tol=0.0)(image, seeds))
+    torch_map = _to_numpy(GeodesicDistance(backend="fast", device="cpu", max_iter=40, tol=0.0)(image, seeds))
     np.testing.assert_allclose(torch_map, numba_map, atol=1e-4)
 
 
